@@ -1,0 +1,100 @@
+"""What the contract suite needs from each backend under test.
+
+Each backend ships a :class:`Harness` (in ``tests/contract/harness_<backend>.py``) and lists it in
+``tests/contract/conftest.py``. A harness knows how to connect, how to make a bootable spec, and
+how to look inside the guest (:class:`GuestProbe`) so the suite can check that verbs did what they
+say to the guest itself, not only to the hypervisor's idea of its state.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import vmctl
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class GuestProbe(ABC):
+    """A view into one machine's guest."""
+
+    @abstractmethod
+    def ready(self) -> bool:
+        """The guest has booted (its init is up) since the last boot."""
+
+    @abstractmethod
+    def counter(self) -> int:
+        """A counter in guest RAM that advances while the guest runs (0 before the first boot)."""
+
+    @abstractmethod
+    def power_button_presses(self) -> int:
+        """How many times the guest saw the ACPI power button."""
+
+    @abstractmethod
+    def boots(self) -> int:
+        """How many times the guest has booted (a reboot or reset adds one)."""
+
+    def link_up(self) -> bool | None:
+        """The guest's view of its NIC's link, or None if it has no NIC."""
+        return None
+
+    def wait_ready(self, timeout: float) -> None:
+        wait_until(self.ready, timeout, "the guest to boot")
+
+    def wait_counter_above(self, value: int, timeout: float) -> int:
+        return int(wait_until(lambda: (c := self.counter()) > value and c, timeout, f"guest counter > {value}"))
+
+
+class Harness(ABC):
+    """One backend configuration under test."""
+
+    #: pytest id, e.g. "qemu", "libvirt-test", "virtualbox-sim"
+    id: str = "?"
+    #: seconds a guest takes to boot here
+    boot_timeout: float = 60
+    #: another process can open the same machine (not the in-memory backend)
+    multi_process: bool = True
+    #: the guest really runs: CPU time and counters come from a real guest
+    real_guest: bool = True
+
+    @abstractmethod
+    def connect(self) -> vmctl.Hypervisor: ...
+
+    @abstractmethod
+    def spec(self, name: str, *, network: bool = False, ignore_power_button: bool = False) -> vmctl.MachineSpec:
+        """A bootable spec. ``ignore_power_button``: a guest that never honours ACPI shutdown."""
+
+    @abstractmethod
+    def probe(self, vm: vmctl.Machine) -> GuestProbe: ...
+
+    def connect_code(self) -> str:
+        """Python source, run in a fresh process, that binds ``hv`` to a new connection."""
+        raise NotImplementedError
+
+    def kill_hypervisor_process(self, vm: vmctl.Machine) -> None:
+        """Make the machine's hypervisor process die as if it crashed."""
+        raise NotImplementedError
+
+    def leftovers(self, name: str) -> list[str]:
+        """Processes, files or registrations of ``name`` still present (should be none after destroy)."""
+        return []
+
+    def setup(self, tmp: Path) -> None:
+        """Called once before the backend's tests with a private directory."""
+
+    def teardown(self) -> None:
+        """Called once after; must remove every machine the tests left."""

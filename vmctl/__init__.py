@@ -1,0 +1,53 @@
+"""vmctl: one lifecycle interface for virtual machines on any hypervisor.
+
+>>> import vmctl
+>>> sorted(b.name for b in vmctl.backends())[:2]
+['libvirt', 'memory']
+>>> hv = vmctl.connect("memory")
+>>> hv.capabilities.pause
+True
+"""
+
+from vmctl.errors import (
+    BackendError,
+    BackendUnavailable,
+    InvalidSpec,
+    InvalidState,
+    MachineExists,
+    MachineNotFound,
+    OperationTimeout,
+    SnapshotNotFound,
+    Unsupported,
+    VmctlError,
+)
+from vmctl.interface import Hypervisor, Machine
+from vmctl.registry import BackendProvider, backends, connect
+from vmctl.types import BackendInfo, Capabilities, MachineSpec, Network, PortForward, Snapshot, State, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "BackendInfo",
+    "BackendProvider",
+    "BackendUnavailable",
+    "Capabilities",
+    "Hypervisor",
+    "InvalidSpec",
+    "InvalidState",
+    "Machine",
+    "MachineExists",
+    "MachineNotFound",
+    "MachineSpec",
+    "Network",
+    "OperationTimeout",
+    "PortForward",
+    "Snapshot",
+    "SnapshotNotFound",
+    "State",
+    "Unsupported",
+    "Usage",
+    "VmctlError",
+    "backends",
+    "connect",
+]

@@ -1,0 +1,111 @@
+#!/bin/busybox sh
+# /init of the vmctl test guest: busybox sh running as PID 1 in an initramfs.
+#
+# Lines printed on the serial console (ttyS0) that tests rely on:
+#   VMCTL-GUEST BOOT                       first line printed by this script
+#   VMCTL-GUEST READY                      modules, disk, acpid, shares and network are set up
+#   VMCTL-GUEST POWERBUTTON                ACPI power button pressed; the guest powers off
+#   VMCTL-GUEST LINK up|down               eth0 carrier, initial state and every change
+#   VMCTL-GUEST TICK n=<n> up=<uptime>     every 0.5 s; n is a counter kept in guest RAM
+# and, informational:
+#   VMCTL-GUEST DISK mounted | VMCTL-GUEST SHARE <tag> mounted | VMCTL-GUEST DHCP ip=<addr>
+#   VMCTL-GUEST RUN <tag> started | VMCTL-GUEST RUN <tag> exit=<status> | VMCTL-GUEST WARN <text>
+#
+# Kernel command line: every "vmctl.share=TAG" mounts the virtio-9p share TAG at /mnt/TAG
+# and, if /mnt/TAG/run.sh exists, runs it with sh in the background (cwd /mnt/TAG,
+# VMCTL_SHARE=/mnt/TAG, output to the console).
+
+echo "VMCTL-GUEST BOOT"
+
+/bin/busybox --install -s
+export PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export HOME=/root
+
+say() { echo "VMCTL-GUEST $*"; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /var/run /var/log /mnt/disk
+
+# Kernel modules, dependencies first (the list is written by vmctl.testguest).
+while read -r mod; do
+    [ -n "$mod" ] || continue
+    insmod "/lib/modules/$mod" || say "WARN insmod $mod failed"
+done < /etc/vmctl/modules
+
+# The disk: /dev/vda (ext2) at /mnt/disk, if a virtio block device is attached.
+has_virtio_blk=no
+for dev in /sys/bus/virtio/devices/*; do
+    [ -r "$dev/device" ] || continue
+    read -r id < "$dev/device"
+    [ "$id" = "0x0002" ] && has_virtio_blk=yes
+done
+if [ "$has_virtio_blk" = yes ]; then
+    i=0
+    while [ ! -b /dev/vda ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+fi
+if [ -b /dev/vda ]; then
+    if mount -t ext2 /dev/vda /mnt/disk; then say "DISK mounted"; else say "WARN mount /dev/vda failed"; fi
+fi
+
+# ACPI power button -> /etc/acpi/PWRF/00000080 (busybox acpid reads /dev/input/event*).
+acpid -c /etc/acpi -l /tmp/acpid.log -p /tmp/acpid.pid || say "WARN acpid failed"
+
+# 9p shares named on the kernel command line.
+shares=""
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        vmctl.share=?*)
+            tag=${arg#vmctl.share=}
+            mkdir -p "/mnt/$tag"
+            if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag"; then
+                say "SHARE $tag mounted"
+                shares="$shares $tag"
+            else
+                say "WARN mount share $tag failed"
+            fi
+            ;;
+    esac
+done
+
+# Network: eth0 up, DHCP in the background, carrier changes reported.
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+    ip link set eth0 up
+    udhcpc -f -i eth0 -s /etc/vmctl/udhcpc.script -t 10 -T 1 -A 3 >/tmp/udhcpc.log 2>&1 &
+    (
+        prev=""
+        while :; do
+            carrier=0
+            read -r carrier 2>/dev/null </sys/class/net/eth0/carrier
+            if [ "$carrier" = 1 ]; then state=up; else state=down; fi
+            if [ "$state" != "$prev" ]; then say "LINK $state"; prev=$state; fi
+            sleep 0.2
+        done
+    ) &
+    # Echo service on TCP port 22, so a host port forward can be checked end to end.
+    nc -ll -p 22 -e /bin/cat >/dev/null 2>&1 &
+fi
+
+say "READY"
+
+for tag in $shares; do
+    if [ -f "/mnt/$tag/run.sh" ]; then
+        say "RUN $tag started"
+        (
+            cd "/mnt/$tag" || exit 1
+            VMCTL_SHARE="/mnt/$tag" sh ./run.sh </dev/null
+            say "RUN $tag exit=$?"
+        ) &
+    fi
+done
+
+n=1
+while :; do
+    read -r up rest < /proc/uptime
+    echo "VMCTL-GUEST TICK n=$n up=$up"
+    n=$((n + 1))
+    sleep 0.5
+done

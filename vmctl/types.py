@@ -1,0 +1,307 @@
+"""Value types shared by every backend: states, machine specs, usage, snapshots, capabilities.
+
+>>> import pathlib, tempfile, vmctl
+>>> disk = pathlib.Path(tempfile.mkdtemp()) / "base.qcow2"
+>>> _ = disk.write_bytes(b"")
+>>> spec = vmctl.MachineSpec(name="job-1", disk=disk, memory_mib=128)
+>>> spec.name, spec.cpus, spec.overlay
+('job-1', 1, True)
+>>> vmctl.MachineSpec(name="../etc", disk=disk)
+Traceback (most recent call last):
+...
+vmctl.errors.InvalidSpec: invalid name: '../etc' must match [A-Za-z0-9][A-Za-z0-9._-]* and be at most 64 characters
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vmctl.errors import InvalidSpec
+
+__all__ = [
+    "USAGE_FIELDS",
+    "BackendInfo",
+    "Capabilities",
+    "MachineSpec",
+    "Network",
+    "PortForward",
+    "Snapshot",
+    "State",
+    "Usage",
+    "validate_name",
+    "validate_snapshot_name",
+]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}")
+MAX_MEMORY_MIB = 4 * 1024 * 1024
+MAX_CPUS = 512
+
+
+class State(enum.StrEnum):
+    """The state of a machine, the same on every backend."""
+
+    STOPPED = "stopped"
+    """Defined, not running, no saved state: ``start`` boots it."""
+    RUNNING = "running"
+    PAUSED = "paused"
+    """Frozen in host memory: ``resume`` continues it."""
+    SUSPENDED = "suspended"
+    """State saved to disk, no host process: ``start`` restores it."""
+    CRASHED = "crashed"
+    """The hypervisor process died or the guest crashed: ``start`` boots it afresh."""
+    UNKNOWN = "unknown"
+
+
+def validate_name(name: object, field_name: str = "name") -> str:
+    """Return ``name`` if it is a safe machine name, else raise :class:`InvalidSpec`.
+
+    Names become file names, libvirt domain names and CLI arguments, so only ASCII letters,
+    digits, ``.``, ``_`` and ``-`` are accepted, starting with a letter or digit.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise InvalidSpec(
+            field_name,
+            f"{name!r} must match [A-Za-z0-9][A-Za-z0-9._-]* and be at most 64 characters",
+        )
+    return name
+
+
+def validate_snapshot_name(name: object) -> str:
+    """Snapshot names follow the same rule as machine names."""
+    return validate_name(name, "snapshot name")
+
+
+def _existing_file(value: str | Path | None, field_name: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or str(value) == "" or "\x00" in str(value):
+        raise InvalidSpec(field_name, f"{value!r} is not a path")
+    path = Path(value).expanduser().absolute()
+    if not path.is_file():
+        raise InvalidSpec(field_name, f"{path} does not exist or is not a regular file")
+    return path
+
+
+@dataclass(frozen=True)
+class PortForward:
+    """A TCP or UDP port of the guest reachable on the host at ``127.0.0.1:host_port``."""
+
+    host_port: int
+    guest_port: int
+    protocol: str = "tcp"
+
+    def __post_init__(self) -> None:
+        for label, port in (("host_port", self.host_port), ("guest_port", self.guest_port)):
+            if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+                raise InvalidSpec(f"port forward {label}", f"{port!r} is not a port number")
+        if self.protocol not in ("tcp", "udp"):
+            raise InvalidSpec("port forward protocol", f"{self.protocol!r} is not tcp or udp")
+
+    @property
+    def host_address(self) -> str:
+        """Forwarded ports are bound to loopback only."""
+        return "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Network:
+    """User-mode NAT networking: the guest reaches out, the host reaches in only via forwards."""
+
+    port_forwards: Sequence[PortForward] = ()
+
+    def __post_init__(self) -> None:
+        forwards = tuple(pf if isinstance(pf, PortForward) else PortForward(**dict(pf)) for pf in self.port_forwards)
+        seen: set[tuple[int, str]] = set()
+        for pf in forwards:
+            key = (pf.host_port, pf.protocol)
+            if key in seen:
+                raise InvalidSpec("port forwards", f"host port {pf.host_port}/{pf.protocol} given twice")
+            seen.add(key)
+        object.__setattr__(self, "port_forwards", forwards)
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What a machine is made of. Validated on construction; paths become absolute.
+
+    ``disk`` is the base image. With ``overlay=True`` (the default) the machine writes to a
+    copy-on-write overlay and the base is never copied or modified.
+    """
+
+    name: str
+    disk: Path | None = None
+    overlay: bool = True
+    memory_mib: int = 256
+    cpus: int = 1
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    network: Network | None = None
+    shared_dirs: Mapping[str, Path] = field(default_factory=dict)
+    serial_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        for label, value, top in (("memory_mib", self.memory_mib, MAX_MEMORY_MIB), ("cpus", self.cpus, MAX_CPUS)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise InvalidSpec(label, f"{value!r} must be an integer from 1 to {top}")
+        if not isinstance(self.overlay, bool):
+            raise InvalidSpec("overlay", f"{self.overlay!r} is not a boolean")
+        object.__setattr__(self, "disk", _existing_file(self.disk, "disk"))
+        object.__setattr__(self, "kernel", _existing_file(self.kernel, "kernel"))
+        object.__setattr__(self, "initrd", _existing_file(self.initrd, "initrd"))
+        if self.initrd is not None and self.kernel is None:
+            raise InvalidSpec("initrd", "an initrd needs a kernel")
+        if self.cmdline is not None:
+            if not isinstance(self.cmdline, str) or "\x00" in self.cmdline or "\n" in self.cmdline:
+                raise InvalidSpec("cmdline", "must be one line of text")
+            if self.kernel is None:
+                raise InvalidSpec("cmdline", "a kernel command line needs a kernel")
+        if self.disk is None and self.kernel is None:
+            raise InvalidSpec("disk", "a machine needs a disk image or a kernel to boot")
+        if self.network is not None and not isinstance(self.network, Network):
+            raise InvalidSpec("network", f"{self.network!r} is not a vmctl.Network")
+        shared: dict[str, Path] = {}
+        for tag, directory in dict(self.shared_dirs).items():
+            if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
+                raise InvalidSpec("shared_dirs", f"tag {tag!r} must match [A-Za-z0-9][A-Za-z0-9_-]* (at most 31)")
+            if not isinstance(directory, (str, Path)) or "\x00" in str(directory) or str(directory) == "":
+                raise InvalidSpec("shared_dirs", f"{directory!r} is not a path")
+            path = Path(directory).expanduser().absolute()
+            if not path.is_dir():
+                raise InvalidSpec("shared_dirs", f"{path} does not exist or is not a directory")
+            shared[tag] = path
+        object.__setattr__(self, "shared_dirs", shared)
+        if self.serial_log is not None:
+            if not isinstance(self.serial_log, (str, Path)) or "\x00" in str(self.serial_log):
+                raise InvalidSpec("serial_log", f"{self.serial_log!r} is not a path")
+            log = Path(self.serial_log).expanduser().absolute()
+            if not log.parent.is_dir():
+                raise InvalidSpec("serial_log", f"directory {log.parent} does not exist")
+            if log.is_dir():
+                raise InvalidSpec("serial_log", f"{log} is a directory")
+            object.__setattr__(self, "serial_log", log)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON- and TOML-friendly dict (paths as strings, ``None`` values left out)."""
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif f.name == "shared_dirs":
+                value = {tag: str(path) for tag, path in value.items()}
+            elif f.name == "network":
+                value = {"port_forwards": [asdict(pf) for pf in value.port_forwards]}
+            data[f.name] = value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MachineSpec:
+        """Build a spec from :meth:`to_dict` output or a TOML table; unknown keys are refused."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidSpec("spec", "unknown keys: " + ", ".join(sorted(unknown)))
+        values = dict(data)
+        net = values.get("network")
+        if isinstance(net, Mapping):
+            values["network"] = Network(port_forwards=[PortForward(**dict(pf)) for pf in net.get("port_forwards", [])])
+        elif net is True:
+            values["network"] = Network()
+        elif net is False:
+            values["network"] = None
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise InvalidSpec("spec", str(exc)) from None
+
+
+USAGE_FIELDS = (
+    "cpu_seconds",
+    "memory_bytes",
+    "disk_read_bytes",
+    "disk_write_bytes",
+    "net_rx_bytes",
+    "net_tx_bytes",
+)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Resource usage of one machine, cumulative since its current host process started.
+
+    A field is ``None`` where the backend cannot measure it (see
+    :attr:`Capabilities.usage_fields`) or where the machine has no running process.
+    """
+
+    machine: str
+    taken_at: float = field(default_factory=time.time)
+    cpu_seconds: float | None = None
+    memory_bytes: int | None = None
+    disk_read_bytes: int | None = None
+    disk_write_bytes: int | None = None
+    net_rx_bytes: int | None = None
+    net_tx_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A named snapshot. ``has_memory`` says whether reverting to it resumes a running guest."""
+
+    name: str
+    created: float
+    has_memory: bool
+    description: str = ""
+    parent: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. A verb whose flag is False raises :class:`vmctl.Unsupported`."""
+
+    pause: bool = True
+    suspend: bool = True
+    snapshots: bool = True
+    live_snapshots: bool = True
+    """Snapshots of a running machine, including its memory."""
+    graceful_restart: bool = True
+    network_toggle: bool = True
+    cpu_limit: bool = False
+    events: bool = False
+    """State changes are pushed by the hypervisor (``wait_for`` does not poll)."""
+    usage_fields: frozenset[str] = frozenset(USAGE_FIELDS)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["usage_fields"] = sorted(self.usage_fields)
+        return data
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """One installed backend, as listed by :func:`vmctl.backends`."""
+
+    name: str
+    usable: bool
+    reason: str | None = None
+    hint: str | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
