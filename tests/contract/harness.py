@@ -85,6 +85,10 @@ class Harness(ABC):
         """Python source, run in a fresh process, that binds ``hv`` to a new connection."""
         raise NotImplementedError
 
+    def spec_code(self, name: str) -> str:
+        """A Python expression, evaluated after :meth:`connect_code`, building ``self.spec(name)``."""
+        raise NotImplementedError
+
     def kill_hypervisor_process(self, vm: vmctl.Machine) -> None:
         """Make the machine's hypervisor process die as if it crashed."""
         raise NotImplementedError

@@ -65,3 +65,4 @@ class MemoryHarness(Harness):
     def teardown(self) -> None:
         for vm in self.hv.machines():
             vm.destroy()
+HARNESSES = [MemoryHarness]

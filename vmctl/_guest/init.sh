@@ -74,15 +74,23 @@ done
 ip link set lo up
 if [ -e /sys/class/net/eth0 ]; then
     ip link set eth0 up
-    udhcpc -f -i eth0 -s /etc/vmctl/udhcpc.script -t 10 -T 1 -A 3 >/tmp/udhcpc.log 2>&1 &
+    udhcpc -f -i eth0 -s /etc/vmctl/udhcpc.sh -t 10 -T 1 -A 3 >/tmp/udhcpc.log 2>&1 &
+    link_state() {  # sets $state to up or down
+        carrier=0
+        read -r carrier 2>/dev/null </sys/class/net/eth0/carrier
+        if [ "$carrier" = 1 ]; then state=up; else state=down; fi
+    }
+    # The carrier comes up shortly after the interface: give it a second before the first report.
+    i=0
+    link_state
+    while [ "$state" = down ] && [ "$i" -lt 10 ]; do sleep 0.1; i=$((i + 1)); link_state; done
+    say "LINK $state"
     (
-        prev=""
+        prev=$state
         while :; do
-            carrier=0
-            read -r carrier 2>/dev/null </sys/class/net/eth0/carrier
-            if [ "$carrier" = 1 ]; then state=up; else state=down; fi
-            if [ "$state" != "$prev" ]; then say "LINK $state"; prev=$state; fi
             sleep 0.2
+            link_state
+            if [ "$state" != "$prev" ]; then say "LINK $state"; prev=$state; fi
         done
     ) &
     # Echo service on TCP port 22, so a host port forward can be checked end to end.

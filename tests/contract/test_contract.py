@@ -1,0 +1,361 @@
+"""The contract every backend passes: each verb, each transition, each invalid transition,
+and what the guest itself sees. Parametrised over the harnesses in ``harness_*.py``."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import vmctl
+from vmctl import State
+
+from .harness import Harness, wait_until
+
+MakeVm = Callable[..., vmctl.Machine]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def boot(harness: Harness, vm: vmctl.Machine) -> None:
+    vm.start(timeout=harness.boot_timeout)
+    assert vm.state is State.RUNNING
+    harness.probe(vm).wait_ready(harness.boot_timeout)
+
+
+def observe(seconds: float) -> None:
+    """Let guest time pass for a measurement window (not a synchronisation)."""
+    time.sleep(seconds)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- definition ---------------------------------------------------------------------------------
+def test_backend_is_listed_and_usable(harness: Harness, hv: vmctl.Hypervisor) -> None:
+    info = {b.name: b for b in vmctl.backends()}
+    assert hv.name in info
+    assert info[hv.name].usable, info[hv.name].reason
+
+
+def test_create_defines_a_stopped_machine(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    assert vm.state is State.STOPPED
+    assert vm.pid is None
+    assert hv.machine(vm.name).state is State.STOPPED
+    assert vm.name in [m.name for m in hv.machines()]
+    assert vm.spec.name == vm.name
+    with pytest.raises(vmctl.MachineExists):
+        hv.create(harness.spec(vm.name))
+    usage = vm.usage()
+    assert usage.machine == vm.name and usage.cpu_seconds is None
+
+
+def test_unknown_and_unsafe_names_are_refused(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    with pytest.raises(vmctl.MachineNotFound):
+        hv.machine("no-such-machine-here")
+    for bad in ["../etc", "a/b", "x;rm -rf", "", "é", "a" * 65, "-lead"]:
+        with pytest.raises(vmctl.InvalidSpec):
+            hv.machine(bad)
+    vm = make_vm()
+    for bad in ["../s", "s 1", "$(x)"]:
+        with pytest.raises(vmctl.InvalidSpec):
+            vm.snapshot(bad)
+
+
+def test_invalid_transitions_from_stopped(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm(network=True)
+    for verb in (vm.pause, vm.resume, vm.suspend, vm.stop, vm.poweroff, vm.restart):
+        with pytest.raises(vmctl.InvalidState) as err:
+            verb()
+        assert err.value.state is State.STOPPED
+    with pytest.raises((vmctl.InvalidState, vmctl.Unsupported)):
+        vm.set_network(False)
+    assert vm.state is State.STOPPED
+
+
+def test_unsupported_verbs_raise_unsupported(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    caps = hv.capabilities
+    vm = make_vm()
+    calls = {
+        "pause": (caps.pause, vm.pause),
+        "suspend": (caps.suspend, vm.suspend),
+        "snapshots": (caps.snapshots, vm.snapshots),
+        "cpu_limit": (caps.cpu_limit, lambda: vm.set_cpu_limit(50)),
+    }
+    for flag, call in calls.values():
+        if not flag:
+            with pytest.raises(vmctl.Unsupported):
+                call()
+    if caps.snapshots:
+        assert vm.snapshots() == []
+
+
+def test_wait_for_has_a_deadline(make_vm: MakeVm) -> None:
+    vm = make_vm()
+    started = time.monotonic()
+    with pytest.raises(vmctl.OperationTimeout):
+        vm.wait_for(State.RUNNING, timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert vm.wait_for([State.STOPPED, State.RUNNING], timeout=1) is State.STOPPED
+
+
+# -- running ------------------------------------------------------------------------------------
+def test_pause_freezes_the_guest_and_its_cpu(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    if not hv.capabilities.pause:
+        with pytest.raises(vmctl.Unsupported):
+            vm.pause()
+        assert vm.state is State.RUNNING
+        return
+    probe = harness.probe(vm)
+    with pytest.raises(vmctl.InvalidState):
+        vm.start()
+    with pytest.raises(vmctl.InvalidState):
+        vm.resume()
+    if harness.multi_process:
+        assert vm.pid is not None
+    running = vm.usage()
+    for field in hv.capabilities.usage_fields:
+        value = getattr(running, field)
+        assert value is not None and value >= 0, field
+    counter = probe.wait_counter_above(probe.counter(), 10)
+
+    vm.pause()
+    assert vm.state is State.PAUSED
+    with pytest.raises(vmctl.InvalidState) as err:
+        vm.pause()
+    assert err.value.state is State.PAUSED
+    paused_counter = probe.counter()
+    paused_cpu = vm.usage().cpu_seconds
+    observe(1.5)
+    assert probe.counter() == paused_counter
+    if "cpu_seconds" in hv.capabilities.usage_fields:
+        assert paused_cpu is not None and running.cpu_seconds is not None
+        assert paused_cpu >= running.cpu_seconds
+        still = vm.usage().cpu_seconds
+        assert still is not None and still - paused_cpu < 0.3
+
+    vm.resume()
+    assert vm.state is State.RUNNING
+    probe.wait_counter_above(max(counter, paused_counter), 10)
+    if "cpu_seconds" in hv.capabilities.usage_fields:
+        observe(1.0)
+        later = vm.usage().cpu_seconds
+        assert later is not None and paused_cpu is not None and later > paused_cpu
+    vm.poweroff()
+    assert vm.state is State.STOPPED
+    assert vm.pid is None
+
+
+def test_suspend_and_start_keep_guest_state(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    if not hv.capabilities.suspend:
+        with pytest.raises(vmctl.Unsupported):
+            vm.suspend()
+        assert vm.state is State.RUNNING
+        return
+    probe = harness.probe(vm)
+    before = probe.wait_counter_above(2, 15)
+    boots = probe.boots()
+    vm.suspend()
+    assert vm.state is State.SUSPENDED
+    assert vm.pid is None
+    for verb in (vm.pause, vm.resume, vm.restart, vm.suspend):
+        with pytest.raises(vmctl.InvalidState):
+            verb()
+    vm.start(timeout=harness.boot_timeout)
+    assert vm.state is State.RUNNING
+    after = probe.wait_counter_above(before, 15)
+    assert after > before
+    assert probe.boots() == boots, "start after suspend must restore, not reboot"
+    vm.suspend()
+    vm.poweroff()  # discards the saved state
+    assert vm.state is State.STOPPED
+    boot(harness, vm)
+    assert probe.boots() == boots + 1
+
+
+def test_snapshot_revert_restores_guest_memory(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    if not (hv.capabilities.snapshots and hv.capabilities.live_snapshots):
+        with pytest.raises(vmctl.Unsupported):
+            vm.snapshot("s1")
+        assert vm.state is State.RUNNING
+        return
+    probe = harness.probe(vm)
+    probe.wait_counter_above(2, 15)
+    at_snapshot = probe.counter()
+    snap = vm.snapshot("s1", description="before")
+    assert snap.name == "s1" and snap.has_memory
+    assert vm.state is State.RUNNING
+    with pytest.raises(vmctl.InvalidSpec):
+        vm.snapshot("s1")
+    later = probe.wait_counter_above(at_snapshot + 6, 30)
+    vm.revert("s1")
+    assert vm.state is State.RUNNING
+    wait_until(lambda: probe.counter() < later - 2, 30, "the guest counter to go back after revert")
+    with pytest.raises(vmctl.SnapshotNotFound):
+        vm.revert("nope")
+
+    vm.poweroff()
+    cold = vm.snapshot("cold")
+    assert not cold.has_memory
+    names = [s.name for s in vm.snapshots()]
+    assert names == ["s1", "cold"]
+    vm.revert("s1")
+    assert vm.state is State.RUNNING
+    vm.revert("cold")
+    assert vm.state is State.STOPPED
+    vm.delete_snapshot("s1")
+    assert [s.name for s in vm.snapshots()] == ["cold"]
+    with pytest.raises(vmctl.SnapshotNotFound):
+        vm.delete_snapshot("s1")
+
+
+def test_graceful_stop_is_graceful(harness: Harness, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    probe = harness.probe(vm)
+    presses = probe.power_button_presses()
+    assert vm.stop(timeout=harness.boot_timeout) is True
+    assert vm.state is State.STOPPED
+    assert probe.power_button_presses() == presses + 1
+    assert vm.pid is None
+
+
+def test_stop_forces_off_a_guest_that_ignores_the_button(harness: Harness, make_vm: MakeVm) -> None:
+    vm = make_vm(ignore_power_button=True)
+    boot(harness, vm)
+    started = time.monotonic()
+    assert vm.stop(timeout=3) is False
+    assert vm.state is State.STOPPED
+    assert time.monotonic() - started < 3 + 30
+
+
+def test_restart_hard_and_graceful(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    probe = harness.probe(vm)
+    boots = probe.boots()
+    assert vm.restart(hard=True) is False
+    wait_until(lambda: probe.boots() == boots + 1, harness.boot_timeout, "the guest to boot again after reset")
+    probe.wait_ready(harness.boot_timeout)
+    assert vm.state is State.RUNNING
+    if not hv.capabilities.graceful_restart:
+        with pytest.raises(vmctl.Unsupported):
+            vm.restart(hard=False)
+        return
+    presses = probe.power_button_presses()
+    assert vm.restart(hard=False, timeout=harness.boot_timeout) is True
+    wait_until(lambda: probe.boots() == boots + 2, harness.boot_timeout, "the guest to boot again after reboot")
+    assert probe.power_button_presses() == presses + 1
+    assert vm.state is State.RUNNING
+
+
+def test_crash_is_reported_and_recoverable(harness: Harness, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    harness.kill_hypervisor_process(vm)
+    assert vm.wait_for(State.CRASHED, timeout=20) is State.CRASHED
+    with pytest.raises(vmctl.InvalidState):
+        vm.wait_for(State.RUNNING, timeout=1)
+    boot(harness, vm)
+    vm.poweroff()
+    assert vm.state is State.STOPPED
+
+
+def test_network_link_toggle(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    if not hv.capabilities.network_toggle:
+        vm = make_vm(network=True)
+        with pytest.raises(vmctl.Unsupported):
+            vm.set_network(False)
+        return
+    plain = make_vm()
+    boot(harness, plain)
+    with pytest.raises(vmctl.InvalidSpec):
+        plain.set_network(False)
+    plain.poweroff()
+    vm = make_vm(network=True)
+    boot(harness, vm)
+    probe = harness.probe(vm)
+    wait_until(lambda: probe.link_up() is True, 15, "link up at boot")
+    vm.set_network(False)
+    wait_until(lambda: probe.link_up() is False, 15, "the guest to see its link down")
+    vm.set_network(True)
+    wait_until(lambda: probe.link_up() is True, 15, "the guest to see its link up again")
+
+
+def test_destroy_leaves_nothing_behind(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    base = vm.spec.disk
+    base_hash = sha256(base) if base else None
+    boot(harness, vm)
+    if hv.capabilities.snapshots and hv.capabilities.live_snapshots:
+        vm.snapshot("keep")
+    vm.destroy()
+    with pytest.raises(vmctl.MachineNotFound):
+        hv.machine(vm.name)
+    assert vm.name not in [m.name for m in hv.machines()]
+    assert harness.leftovers(vm.name) == []
+    if base is not None:
+        assert base.exists() and sha256(base) == base_hash, "the base image must not change"
+
+
+@pytest.mark.needs("multi_process")
+def test_another_process_controls_the_machine(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    vm = make_vm()
+    boot(harness, vm)
+    code = harness.connect_code() + textwrap.dedent(
+        f"""
+        vm = hv.machine({vm.name!r})
+        print(vm.state.value, vm.pid, flush=True)
+        vm.pause()
+        print(vm.state.value, flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split()
+    assert lines[0] == "running" and lines[1] == str(vm.pid) and lines[2] == "paused"
+    assert vm.state is State.PAUSED
+    vm.resume()
+    vm.poweroff()
+
+
+@pytest.mark.needs("multi_process")
+def test_concurrent_creates_of_one_name_make_one_machine(harness: Harness, hv: vmctl.Hypervisor) -> None:
+    name = f"race{time.monotonic_ns() % 100000}"
+    code = harness.connect_code() + textwrap.dedent(
+        f"""
+        import sys, vmctl
+        spec = {harness.spec_code(name)}
+        try:
+            hv.create(spec)
+            print("created")
+        except vmctl.MachineExists:
+            print("exists")
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(3)
+    ]
+    try:
+        results = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    finally:
+        for p in procs:
+            p.kill()
+    try:
+        assert results == ["created", "exists", "exists"]
+        assert hv.machine(name).state is State.STOPPED
+    finally:
+        hv.machine(name).destroy()
