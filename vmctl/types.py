@@ -206,6 +206,25 @@ class MachineSpec:
         return data
 
     @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> MachineSpec:
+        """Rebuild a spec that was validated when its machine was created, without checking
+        that its files still exist (a machine whose base image is gone can still be destroyed)."""
+        spec = object.__new__(cls)
+        values: dict[str, Any] = {f.name: f.default for f in fields(cls) if f.name != "shared_dirs"}
+        values["shared_dirs"] = {}
+        values.update(data)
+        for key in ("disk", "kernel", "initrd", "serial_log"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        values["shared_dirs"] = {tag: Path(p) for tag, p in dict(values["shared_dirs"]).items()}
+        net = values.get("network")
+        if isinstance(net, Mapping):
+            values["network"] = Network(port_forwards=[PortForward(**dict(pf)) for pf in net.get("port_forwards", [])])
+        for key, value in values.items():
+            object.__setattr__(spec, key, value)
+        return spec
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MachineSpec:
         """Build a spec from :meth:`to_dict` output or a TOML table; unknown keys are refused."""
         known = {f.name for f in fields(cls)}

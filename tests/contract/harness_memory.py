@@ -65,4 +65,6 @@ class MemoryHarness(Harness):
     def teardown(self) -> None:
         for vm in self.hv.machines():
             vm.destroy()
+
+
 HARNESSES = [MemoryHarness]

@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def boot(harness: Harness, vm: vmctl.Machine) -> None:
+    """Start ``vm`` from STOPPED/CRASHED and wait until its guest has booted anew."""
+    probe = harness.probe(vm)
+    boots = probe.boots()
     vm.start(timeout=harness.boot_timeout)
     assert vm.state is State.RUNNING
-    harness.probe(vm).wait_ready(harness.boot_timeout)
+    wait_until(lambda: probe.boots() > boots and probe.ready(), harness.boot_timeout, "the guest to boot")
 
 
 def observe(seconds: float) -> None:

@@ -11,7 +11,9 @@
 #   VMCTL-GUEST DISK mounted | VMCTL-GUEST SHARE <tag> mounted | VMCTL-GUEST DHCP ip=<addr>
 #   VMCTL-GUEST RUN <tag> started | VMCTL-GUEST RUN <tag> exit=<status> | VMCTL-GUEST WARN <text>
 #
-# Kernel command line: every "vmctl.share=TAG" mounts the virtio-9p share TAG at /mnt/TAG
+# Kernel command line: "vmctl.powerbutton=ignore" makes the guest announce the power button
+# but not shut down (a guest that ignores ACPI, for testing forced stops).
+# Every "vmctl.share=TAG" mounts the virtio-9p share TAG at /mnt/TAG
 # and, if /mnt/TAG/run.sh exists, runs it with sh in the background (cwd /mnt/TAG,
 # VMCTL_SHARE=/mnt/TAG, output to the console).
 

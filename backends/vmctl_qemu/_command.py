@@ -1,0 +1,91 @@
+"""The QEMU command line for a machine, built as an argv list (never a shell string)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from vmctl.types import MachineSpec
+
+QMP_SOCKET = "qmp.sock"
+"""Commands, serialised by the machine's lock."""
+STATE_SOCKET = "state.sock"
+"""State and statistics queries, from any process, without the lock."""
+DISK_NODE = "disk0"
+NIC_NETDEV = "net0"
+
+
+def opt(value: str | Path) -> str:
+    """Escape a value for QEMU's ``key=value,...`` option syntax (a comma is doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def resolve_accel(accel: str) -> str:
+    """``auto`` means KVM where /dev/kvm is usable, else TCG."""
+    if accel != "auto":
+        return accel
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
+
+
+def qemu_argv(
+    spec: MachineSpec,
+    *,
+    binary: str,
+    accel: str,
+    machine_type: str,
+    disk: Path | None,
+    disk_format: str,
+    serial_log: Path,
+    incoming: bool = False,
+    loadvm: str | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    argv = [
+        binary,
+        "-name", f"guest={opt(spec.name)}",
+        "-machine", opt(machine_type),
+        "-accel", accel,
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(spec.memory_mib),
+        "-smp", str(spec.cpus),
+        "-nodefaults", "-no-user-config",
+        "-display", "none",
+        "-chardev", f"socket,id=qmp,path={QMP_SOCKET},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-chardev", f"socket,id=qmpstate,path={STATE_SOCKET},server=on,wait=off",
+        "-mon", "chardev=qmpstate,mode=control",
+        "-chardev", f"file,id=serial0,path={opt(serial_log)},append=on",
+        "-serial", "chardev:serial0",
+    ]  # fmt: skip
+    if spec.kernel is not None:
+        argv += ["-kernel", str(spec.kernel)]
+        if spec.initrd is not None:
+            argv += ["-initrd", str(spec.initrd)]
+        if spec.cmdline:
+            argv += ["-append", spec.cmdline]
+    if disk is not None:
+        # JSON syntax: no escaping rules for file names
+        node = {
+            "driver": disk_format,
+            "node-name": DISK_NODE,
+            "file": {"driver": "file", "filename": str(disk)},
+        }
+        argv += ["-blockdev", json.dumps(node), "-device", f"virtio-blk-pci,drive={DISK_NODE},id=vda"]
+    if spec.network is not None:
+        netdev = f"user,id={NIC_NETDEV}"
+        for pf in spec.network.port_forwards:
+            netdev += f",hostfwd={pf.protocol}:127.0.0.1:{pf.host_port}-:{pf.guest_port}"
+        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
+    for index, (tag, directory) in enumerate(sorted(spec.shared_dirs.items())):
+        argv += [
+            "-fsdev", f"local,id=fs{index},path={opt(directory)},security_model=none",
+            "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
+        ]  # fmt: skip
+    if incoming:
+        argv += ["-incoming", "defer"]
+    if loadvm is not None:
+        argv += ["-loadvm", loadvm]
+    argv += list(extra)
+    return argv

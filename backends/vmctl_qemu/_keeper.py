@@ -1,0 +1,49 @@
+"""The keeper: a tiny parent process for one QEMU run.
+
+``python -m vmctl_qemu._keeper VMDIR RUN_ID -- QEMU ARGV...`` starts QEMU (cwd = VMDIR), records
+its pid and start time in ``run.json``, waits for it, and records its exit status in
+``exit.json``. Without a parent that outlives the vmctl process that started the VM, nobody could
+tell a guest that powered itself off (exit 0) from a QEMU that died (a signal or error status).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vmctl.store import atomic_write
+
+
+def main(argv: list[str]) -> int:
+    vmdir, run_id, sep, *qemu = argv
+    if sep != "--" or not qemu:
+        print("usage: python -m vmctl_qemu._keeper VMDIR RUN_ID -- QEMU...", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    directory = Path(vmdir)
+    with open(directory / "qemu.log", "ab") as err:
+        proc = subprocess.Popen(qemu, cwd=directory, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    import psutil
+
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        created = 0.0
+    record = {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": proc.pid, "qemu_created": created}
+    atomic_write(directory / "run.json", json.dumps(record).encode())
+    status = proc.wait()
+    atomic_write(
+        directory / "exit.json",
+        json.dumps({"run_id": run_id, "status": status, "ended": time.time()}).encode(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
