@@ -31,7 +31,6 @@ import psutil
 
 from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported
 from vmctl.interface import ALLOWED_FROM, Machine
-from vmctl.store import atomic_write
 from vmctl.tools import run_tool
 from vmctl.types import MachineSpec, Snapshot, State, Usage
 from vmctl.usage import process_tree_usage

@@ -97,8 +97,8 @@ class Harness(ABC):
         """Processes, files or registrations of ``name`` still present (should be none after destroy)."""
         return []
 
-    def setup(self, tmp: Path) -> None:
+    def setup(self, tmp: Path) -> None:  # noqa: B027 - optional hook
         """Called once before the backend's tests with a private directory."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - optional hook
         """Called once after; must remove every machine the tests left."""
