@@ -81,6 +81,7 @@ _GUEST_FILES: tuple[tuple[str, str, int], ...] = (
     ("init.sh", "init", 0o755),
     ("powerbutton.sh", "etc/acpi/PWRF/00000080", 0o755),
     ("udhcpc.sh", "etc/vmctl/udhcpc.sh", 0o755),
+    ("share.sh", "bin/share", 0o755),
 )
 _INITRAMFS_DIRS = (
     "bin",

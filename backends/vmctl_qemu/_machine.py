@@ -33,7 +33,7 @@ from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupport
 from vmctl.interface import ALLOWED_FROM, Machine
 from vmctl.tools import run_tool
 from vmctl.types import MachineSpec, Snapshot, State, Usage
-from vmctl.usage import process_tree_usage
+from vmctl.usage import pid_alive, process_tree_usage
 
 from . import _qmp
 from ._command import DISK_NODE, NIC_NETDEV, QMP_SOCKET, STATE_SOCKET, qemu_argv
@@ -155,10 +155,23 @@ class QemuMachine(Machine):
             return State.STOPPED
         if status == "suspended":
             return State.SUSPENDED if (self.dir / SAVED_STATE).is_file() else State.CRASHED
-        ended = self._read_json("exit.json")
-        if ended and ended.get("run_id") == rec.get("run_id") and ended.get("status") == 0:
+        ended = self._exit_record(rec.get("run_id"))
+        if ended and ended.get("status") == 0:
             return State.STOPPED  # the guest powered itself off
         return State.CRASHED
+
+    def _exit_record(self, run_id: str | None, grace: float = 3.0) -> dict[str, Any] | None:
+        """The keeper's exit record of ``run_id``; waits briefly while the keeper is writing it."""
+        deadline = time.monotonic() + grace
+        while True:
+            ended = self._read_json("exit.json")
+            if ended and ended.get("run_id") == run_id:
+                return ended
+            run = self._read_json("run.json")
+            keeper_alive = bool(run and run.get("run_id") == run_id and pid_alive(run.get("keeper_pid")))
+            if not keeper_alive or time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
 
     def _get_pid(self) -> int | None:
         proc = self._process(self._record())

@@ -13,9 +13,10 @@
 #
 # Kernel command line: "vmctl.powerbutton=ignore" makes the guest announce the power button
 # but not shut down (a guest that ignores ACPI, for testing forced stops).
-# Every "vmctl.share=TAG" mounts the virtio-9p share TAG at /mnt/TAG
-# and, if /mnt/TAG/run.sh exists, runs it with sh in the background (cwd /mnt/TAG,
-# VMCTL_SHARE=/mnt/TAG, output to the console).
+# Every "vmctl.share=TAG" names a virtio-9p share: if it holds run.sh, that is copied to
+# /run/job/TAG and run with sh in the background (cwd /run/job/TAG, VMCTL_SHARE_TAG=TAG, output
+# to the console). The share is not kept mounted (QEMU cannot save state while it is):
+# "share put TAG FILE [NAME]" writes a file into it atomically, "share get TAG NAME DEST" reads.
 
 echo "VMCTL-GUEST BOOT"
 
@@ -55,18 +56,22 @@ fi
 # ACPI power button -> /etc/acpi/PWRF/00000080 (busybox acpid reads /dev/input/event*).
 acpid -c /etc/acpi -l /tmp/acpid.log -p /tmp/acpid.pid || say "WARN acpid failed"
 
-# 9p shares named on the kernel command line.
+# 9p shares named on the kernel command line: fetch each share's run.sh, then unmount, because
+# QEMU refuses to save the VM's state while a share is mounted. Jobs use /bin/share to read and
+# write the share (it mounts, copies, unmounts).
 shares=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         vmctl.share=?*)
             tag=${arg#vmctl.share=}
-            mkdir -p "/mnt/$tag"
-            if mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$tag" "/mnt/$tag"; then
-                say "SHARE $tag mounted"
+            mkdir -p "/run/job/$tag"
+            if share get "$tag" run.sh "/run/job/$tag/run.sh" 2>/dev/null; then
+                say "SHARE $tag job fetched"
                 shares="$shares $tag"
+            elif share ls "$tag" >/dev/null; then
+                say "SHARE $tag ready"
             else
-                say "WARN mount share $tag failed"
+                say "WARN share $tag unavailable"
             fi
             ;;
     esac
@@ -102,14 +107,12 @@ fi
 say "READY"
 
 for tag in $shares; do
-    if [ -f "/mnt/$tag/run.sh" ]; then
-        say "RUN $tag started"
-        (
-            cd "/mnt/$tag" || exit 1
-            VMCTL_SHARE="/mnt/$tag" sh ./run.sh </dev/null
-            say "RUN $tag exit=$?"
-        ) &
-    fi
+    say "RUN $tag started"
+    (
+        cd "/run/job/$tag" || exit 1
+        VMCTL_SHARE_TAG="$tag" sh ./run.sh </dev/null
+        say "RUN $tag exit=$?"
+    ) &
 done
 
 n=1
