@@ -19,6 +19,7 @@ from typing import Any
 
 import vmctl
 from vmctl.testguest import ensure_test_guest
+from vmctl_qemu._machine import QemuMachine
 
 
 def _wait_console(log: Path, pattern: str, timeout: float, after: int = 0) -> str:
@@ -95,33 +96,43 @@ def main(argv: list[str] | None = None) -> int:
             if old.name == spec.name:
                 old.destroy()
         vm = step("create (overlay on the base)", lambda: hv.create(spec), lambda m: str(m.state))
-        step("start", vm.start, lambda _: f"pid {vm.pid}")
-        step("  guest booted (console READY)", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout))
-        step("  guest ran the job in the share", lambda: _wait_console(console, r"RUN job exit=\d+", 30))
-        print(f"{'':<34} {'':>12}  share now holds: {(share / 'hello.txt').read_text().strip()!r}")
-        step("  guest got its address (DHCP)", lambda: _wait_console(console, r"DHCP ip=\S+", 30))
-        step("  port forward 127.0.0.1 -> guest", lambda: _echo(port, b"ping"), lambda r: f"echoed {r!r}")
-        step("pause", vm.pause, lambda _: str(vm.state))
-        step("resume", vm.resume, lambda _: str(vm.state))
-        step("usage", vm.usage, lambda u: f"cpu {u.cpu_seconds:.2f} s, rss {u.memory_bytes >> 20} MiB")
-        step("snapshot 'booted' (with memory)", lambda: vm.snapshot("booted"), lambda s: f"has_memory={s.has_memory}")
-        step("revert to 'booted'", lambda: vm.revert("booted"), lambda _: str(vm.state))
-        step("suspend (state to disk)", vm.suspend, lambda _: f"{vm.state}, pid {vm.pid}")
-        step("start (restore saved state)", vm.start, lambda _: str(vm.state))
-        mark = _size(console)
-        step("network link down", lambda: vm.set_network(False))
-        step("  guest saw LINK down", lambda: _wait_console(console, "LINK down", 10, mark))
-        step("network link up", lambda: vm.set_network(True))
-        mark = _size(console)
-        step("restart (graceful reboot)", lambda: vm.restart(hard=False), lambda ok: f"graceful={ok}")
-        step("  guest booted again", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout, mark))
-        mark = _size(console)
-        step("restart (hard reset)", lambda: vm.restart(hard=True), lambda ok: f"graceful={ok}")
-        step("  guest booted again", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout, mark))
-        step("stop (ACPI, 60 s deadline)", lambda: vm.stop(timeout=60), lambda ok: f"graceful={ok}, {vm.state}")
-        step("snapshots", vm.snapshots, lambda snaps: ", ".join(s.name for s in snaps))
-        step("delete snapshot 'booted'", lambda: vm.delete_snapshot("booted"))
-        step("destroy", vm.destroy)
+        assert isinstance(vm, QemuMachine)
+        try:
+            step("start", vm.start, lambda _: f"pid {vm.pid}")
+            step(
+                "  guest booted (console READY)", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout)
+            )
+            step("  guest ran the job in the share", lambda: _wait_console(console, r"RUN job exit=\d+", 30))
+            print(f"{'':<34} {'':>12}  share now holds: {(share / 'hello.txt').read_text().strip()!r}")
+            step("  guest got its address (DHCP)", lambda: _wait_console(console, r"DHCP ip=\S+", 30))
+            step("  port forward 127.0.0.1 -> guest", lambda: _echo(port, b"ping"), lambda r: f"echoed {r!r}")
+            step("pause", vm.pause, lambda _: str(vm.state))
+            step("resume", vm.resume, lambda _: str(vm.state))
+            step("usage", vm.usage, lambda u: f"cpu {u.cpu_seconds:.2f} s, rss {u.memory_bytes >> 20} MiB")
+            step(
+                "snapshot 'booted' (with memory)", lambda: vm.snapshot("booted"), lambda s: f"has_memory={s.has_memory}"
+            )
+            step("revert to 'booted'", lambda: vm.revert("booted"), lambda _: str(vm.state))
+            step("suspend (state to disk)", vm.suspend, lambda _: f"{vm.state}, pid {vm.pid}")
+            step("start (restore saved state)", vm.start, lambda _: str(vm.state))
+            mark = _size(console)
+            step("network link down", lambda: vm.set_network(False))
+            step("  guest saw LINK down", lambda: _wait_console(console, "LINK down", 10, mark))
+            step("network link up", lambda: vm.set_network(True))
+            mark = _size(console)
+            step("restart (graceful reboot)", lambda: vm.restart(hard=False), lambda ok: f"graceful={ok}")
+            step("  guest booted again", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout, mark))
+            mark = _size(console)
+            step("restart (hard reset)", lambda: vm.restart(hard=True), lambda ok: f"graceful={ok}")
+            step("  guest booted again", lambda: _wait_console(console, "VMCTL-GUEST READY", args.boot_timeout, mark))
+            step("stop (ACPI, 60 s deadline)", lambda: vm.stop(timeout=60), lambda ok: f"graceful={ok}, {vm.state}")
+            step("snapshots", vm.snapshots, lambda snaps: ", ".join(s.name for s in snaps))
+            step("delete snapshot 'booted'", lambda: vm.delete_snapshot("booted"))
+            step("destroy", vm.destroy)
+        except BaseException:
+            print(f"failed; destroying {vm.name} (QEMU's log: {vm.hypervisor_log(600)!r})", file=sys.stderr)
+            vm.destroy()
+            raise
         left = [p.name for p in Path(state_dir).iterdir() if not p.name.startswith(".")]
         print(f"left in the state directory: {left or 'nothing'}; base image untouched: {guest.disk}")
     print(f"total {sum(r[1] for r in rows):.1f} s")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vmctl_memory import MemoryMachine
-
 import vmctl
+from vmctl_memory import MemoryMachine
 
 from .harness import GuestProbe, Harness
 
