@@ -8,6 +8,8 @@
 True
 """
 
+import logging
+
 from vmctl.errors import (
     BackendError,
     BackendUnavailable,
@@ -25,6 +27,8 @@ from vmctl.registry import BackendProvider, backends, connect
 from vmctl.types import BackendInfo, Capabilities, MachineSpec, Network, PortForward, Snapshot, State, Usage
 
 __version__ = "0.1.0"
+
+logging.getLogger("vmctl").addHandler(logging.NullHandler())
 
 __all__ = [
     "BackendError",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import html
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ __all__ = [
     "snapshots_text",
     "text_table",
     "usage_html",
+    "usage_rates",
     "usage_text",
     "usages_html",
     "usages_text",
@@ -179,9 +180,20 @@ def _safe(fn: Any, default: object = "?") -> Any:
         return default
 
 
+def _state_text(vm: Machine) -> str:
+    from vmctl.errors import MachineNotFound
+
+    try:
+        return vm.state.value
+    except MachineNotFound:
+        return "not found"
+    except Exception:  # a display must never raise
+        return "?"
+
+
 def machine_fields(vm: Machine) -> list[tuple[str, object]]:
     """(label, value) pairs describing ``vm``: what ``vmctl show`` and ``_repr_html_`` print."""
-    state = _safe(lambda: vm.state.value)
+    state = _state_text(vm)
     pid = _safe(lambda: vm.pid, None)
     spec = _safe(lambda: vm.spec, None)
     rows: list[tuple[str, object]] = [
@@ -234,7 +246,7 @@ _MACHINE_HEADERS = ("NAME", "STATE", "CPUS", "MEMORY", "PID")
 
 
 def _machine_row(vm: Machine) -> list[object]:
-    state = _safe(lambda: vm.state.value)
+    state = _state_text(vm)
     spec = _safe(lambda: vm.spec, None)
     return [
         vm.name,
@@ -300,6 +312,47 @@ def usages_html(usages: Iterable[Usage]) -> str:
     return html_table(headers, [_usage_row(u) for u in usages], empty="no machines", right=range(1, 7))
 
 
+# -- rates between two usage samples ------------------------------------------------------------
+_RATE_FIELDS = (
+    ("disk_read_bytes", "disk_read_rate"),
+    ("disk_write_bytes", "disk_write_rate"),
+    ("net_rx_bytes", "net_rx_rate"),
+    ("net_tx_bytes", "net_tx_rate"),
+)
+
+
+def usage_rates(before: Usage | None, after: Usage) -> dict[str, float | None]:
+    """CPU % and byte rates between two samples of one machine; None where not computable.
+
+    CPU % is of one host CPU, so a busy guest with two virtual CPUs can show 200.
+
+    >>> from vmctl import Usage
+    >>> a = Usage("m", taken_at=100.0, cpu_seconds=1.0, disk_read_bytes=0)
+    >>> b = Usage("m", taken_at=102.0, cpu_seconds=2.0, disk_read_bytes=4096)
+    >>> r = usage_rates(a, b)
+    >>> r["cpu_percent"], r["disk_read_rate"], r["net_rx_rate"]
+    (50.0, 2048.0, None)
+    """
+    result: dict[str, float | None] = {"cpu_percent": None}
+    result.update({rate: None for _, rate in _RATE_FIELDS})
+    if before is None:
+        return result
+    dt = after.taken_at - before.taken_at
+    if dt <= 0:
+        return result
+
+    def delta(a: float | None, b: float | None) -> float | None:
+        if a is None or b is None or b < a:  # a counter going back means a new host process
+            return None
+        return (b - a) / dt
+
+    cpu = delta(before.cpu_seconds, after.cpu_seconds)
+    result["cpu_percent"] = None if cpu is None else cpu * 100
+    for field, rate in _RATE_FIELDS:
+        result[rate] = delta(getattr(before, field), getattr(after, field))
+    return result
+
+
 # -- snapshots -------------------------------------------------------------------------------------
 _SNAPSHOT_HEADERS = ("NAME", "CREATED", "MEMORY", "PARENT", "DESCRIPTION")
 
@@ -314,7 +367,9 @@ def snapshots_text(snapshots: Iterable[Snapshot]) -> str:
 
 
 def snapshots_html(snapshots: Iterable[Snapshot]) -> str:
-    return html_table([h.lower() for h in _SNAPSHOT_HEADERS], [_snapshot_row(s) for s in snapshots], empty="no snapshots")
+    return html_table(
+        [h.lower() for h in _SNAPSHOT_HEADERS], [_snapshot_row(s) for s in snapshots], empty="no snapshots"
+    )
 
 
 def snapshot_html(s: Snapshot) -> str:
@@ -373,4 +428,3 @@ class UsageMap(_Pretty, dict[str, "Usage"]):
 
     def _repr_html_(self) -> str:
         return usages_html(self.values())
-

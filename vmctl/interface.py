@@ -73,6 +73,11 @@ class Machine(ABC):
             state = "?"
         return f"<{type(self).__name__} {self.name!r} on {self.hypervisor.name} {state}>"
 
+    def _repr_html_(self) -> str:
+        from vmctl.display import machine_html
+
+        return machine_html(self)
+
     # -- what backends implement -------------------------------------------------------------
     @property
     @abstractmethod
@@ -246,9 +251,11 @@ class Machine(ABC):
 
     def snapshots(self) -> list[Snapshot]:
         """The machine's snapshots, oldest first."""
+        from vmctl.display import SnapshotList
+
         if not self.capabilities.snapshots:
             raise Unsupported(self.hypervisor.name, "snapshots")
-        return self._do_snapshots()
+        return SnapshotList(self._do_snapshots())
 
     def _find_snapshot(self, name: str) -> Snapshot:
         from vmctl.errors import SnapshotNotFound
@@ -370,7 +377,9 @@ class Hypervisor(ABC):
 
     def machines(self) -> list[Machine]:
         """Every machine this connection manages, sorted by name."""
-        found = []
+        from vmctl.display import MachineList
+
+        found = MachineList()
         for name in sorted(self._machine_names()):
             try:
                 found.append(self._open_machine(name))
@@ -380,7 +389,9 @@ class Hypervisor(ABC):
 
     def usage_all(self) -> dict[str, Usage]:
         """Usage of every machine, keyed by name. Backends with a bulk call do it in one."""
-        result = {}
+        from vmctl.display import UsageMap
+
+        result = UsageMap()
         for vm in self.machines():
             result[vm.name] = vm.usage()
         return result
