@@ -92,8 +92,8 @@ def get_provider(name: str) -> BackendProvider:
         raise BackendUnavailable(name, f"no backend of that name is installed (installed: {known})")
     try:
         provider = eps[name].load()
-    except ImportError as exc:
-        raise BackendUnavailable(name, f"its plug-in failed to import: {exc}") from exc
+    except Exception as exc:  # a broken plug-in must not break backends() for the others
+        raise BackendUnavailable(name, f"its plug-in failed to load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(provider, BackendProvider):
         raise BackendUnavailable(name, f"entry point {eps[name].value!r} is not a vmctl BackendProvider")
     return provider

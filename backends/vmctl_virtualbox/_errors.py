@@ -1,0 +1,164 @@
+"""VirtualBox errors: reading them from VBoxManage's stderr and mapping them to vmctl's error tree.
+
+VBoxManage prints an error as ``VBoxManage: error: <text>`` lines, usually followed by
+``VBoxManage: error: Details: code VBOX_E_... (0x80bb000N), component ..., interface ...`` and
+``VBoxManage: error: Context: "..." at line N of file ...``. The exit status is usually 1 but can
+be 0, so the text decides, not the status.
+
+>>> err = parse_error(
+...     "VBoxManage: error: Could not find a registered machine named 'x'\\n"
+...     "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap, "
+...     "interface IVirtualBox, callee nsISupports\\n")
+>>> err.code, hex(err.hresult), err.text
+('VBOX_E_OBJECT_NOT_FOUND', '0x80bb0001', "Could not find a registered machine named 'x'")
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vmctl.errors import BackendError, InvalidState, MachineNotFound, SnapshotNotFound, VmctlError
+from vmctl.types import State
+
+__all__ = [
+    "CODES",
+    "TRANSIENT_CODES",
+    "VBoxErrorInfo",
+    "code_name",
+    "is_transient",
+    "map_error",
+    "parse_error",
+]
+
+#: VirtualBox's own result codes (SDK reference, "VirtualBox COM result codes").
+CODES: dict[int, str] = {
+    0x80BB0001: "VBOX_E_OBJECT_NOT_FOUND",
+    0x80BB0002: "VBOX_E_INVALID_VM_STATE",
+    0x80BB0003: "VBOX_E_VM_ERROR",
+    0x80BB0004: "VBOX_E_FILE_ERROR",
+    0x80BB0005: "VBOX_E_IPRT_ERROR",
+    0x80BB0006: "VBOX_E_PDM_ERROR",
+    0x80BB0007: "VBOX_E_INVALID_OBJECT_STATE",
+    0x80BB0008: "VBOX_E_HOST_ERROR",
+    0x80BB0009: "VBOX_E_NOT_SUPPORTED",
+    0x80BB000A: "VBOX_E_XML_ERROR",
+    0x80BB000B: "VBOX_E_INVALID_SESSION_STATE",
+    0x80BB000C: "VBOX_E_OBJECT_IN_USE",
+    0x80BB000D: "VBOX_E_PASSWORD_INCORRECT",
+    0x80BB000E: "VBOX_E_MAXIMUM_REACHED",
+    0x80BB000F: "VBOX_E_GSTCTL_GUEST_ERROR",
+    0x80BB0010: "VBOX_E_TIMEOUT",
+    0x80BB0011: "VBOX_E_DND_ERROR",
+    0x80004005: "E_FAIL",
+    0x80070057: "E_INVALIDARG",
+    0x80080005: "CO_E_SERVER_EXEC_FAILURE",
+}
+
+#: Errors worth retrying: another session holds the machine's lock for a moment, or VBoxSVC
+#: could not be reached (both retried by BOINC's vboxwrapper with exponential backoff).
+TRANSIENT_CODES = frozenset({"VBOX_E_INVALID_OBJECT_STATE", "CO_E_SERVER_EXEC_FAILURE"})
+
+_PREFIX = re.compile(r"^(?:VBoxManage(?:\.exe)?|VBoxManage-sim): error: ?(.*)$")
+_DETAILS = re.compile(r"Details: code (?P<code>[A-Z_][A-Z0-9_]*) \((?P<hr>0x[0-9a-fA-F]+)\)")
+_HEX = re.compile(r"\((0x8[0-9a-fA-F]{7})\)")
+
+
+@dataclass(frozen=True)
+class VBoxErrorInfo:
+    """What an error printed by VBoxManage says."""
+
+    text: str
+    code: str | None = None
+    hresult: int | None = None
+    context: str | None = None
+
+
+def code_name(hresult: int) -> str:
+    return CODES.get(hresult & 0xFFFFFFFF, f"0x{hresult & 0xFFFFFFFF:08x}")
+
+
+def parse_error(stderr: str, stdout: str = "") -> VBoxErrorInfo | None:
+    """The error in VBoxManage's output, or None if it printed none."""
+    texts: list[str] = []
+    context = None
+    code = None
+    hresult = None
+    for line in stderr.splitlines():
+        m = _PREFIX.match(line.strip())
+        if not m:
+            continue
+        body = m.group(1).strip()
+        details = _DETAILS.search(body)
+        if details:
+            if code is None:
+                code = details.group("code")
+                hresult = int(details.group("hr"), 16)
+            continue
+        if body.startswith("Context:"):
+            context = context or body[len("Context:") :].strip()
+            continue
+        if body and body != "--------":
+            texts.append(body)
+    if not texts and code is None:
+        return None
+    if code is None:
+        # Some errors carry the code only in the text, e.g. "... (0x80bb0007)".
+        m = _HEX.search("\n".join(texts) + "\n" + stdout)
+        if m:
+            hresult = int(m.group(1), 16)
+            code = CODES.get(hresult)
+    return VBoxErrorInfo(text=texts[0] if texts else (code or "error"), code=code, hresult=hresult, context=context)
+
+
+def is_transient(info: VBoxErrorInfo) -> bool:
+    if info.code in TRANSIENT_CODES:
+        return True
+    text = info.text
+    return "is already locked" in text or "being locked or unlocked" in text
+
+
+def map_error(
+    info: VBoxErrorInfo,
+    *,
+    command: Sequence[str] | str,
+    status: int | None,
+    stdout: str = "",
+    stderr: str = "",
+    machine: str | None = None,
+    verb: str = "",
+) -> VmctlError:
+    """The vmctl error for a VirtualBox error.
+
+    VBOX_E_OBJECT_NOT_FOUND -> :class:`MachineNotFound` (or :class:`SnapshotNotFound` for a
+    snapshot), VBOX_E_INVALID_VM_STATE and "is not currently running" -> :class:`InvalidState`
+    (with state UNKNOWN: the caller fills in the state it reads), anything else ->
+    :class:`BackendError` carrying command, status, output and the code.
+    """
+    text = info.text
+    if info.code == "VBOX_E_OBJECT_NOT_FOUND":
+        if "snapshot" in text.lower() and machine is not None:
+            snap = re.search(r"snapshot (?:named )?'([^']*)'", text)
+            err: VmctlError = SnapshotNotFound(machine, snap.group(1) if snap else "?")
+        else:
+            m = re.search(r"machine named '([^']*)'", text)
+            err = MachineNotFound(m.group(1) if m else (machine or "?"), "virtualbox")
+    elif info.code == "VBOX_E_INVALID_VM_STATE" or "is not currently running" in text:
+        err = InvalidState(machine or "?", verb or "operate", State.UNKNOWN)
+    else:
+        err = BackendError(
+            f"VBoxManage failed: {text}" + (f" ({info.code})" if info.code else ""),
+            command=list(command) if not isinstance(command, str) else command,
+            status=status,
+            stdout=stdout,
+            stderr=stderr,
+            code=info.code,
+        )
+        return err
+    # The raw output travels with every mapped error, for logs.
+    err.command = list(command) if not isinstance(command, str) else command  # type: ignore[attr-defined]
+    err.status = status  # type: ignore[attr-defined]
+    err.stderr = stderr  # type: ignore[attr-defined]
+    err.code = info.code  # type: ignore[attr-defined]
+    return err

@@ -1,0 +1,552 @@
+"""The VirtualBox machine and hypervisor: vmctl's lifecycle on top of a :class:`Transport`.
+
+VirtualBox's states map to vmctl's as follows (``VMState`` short names of ``showvminfo
+--machinereadable``):
+
+=================================================  ==========================================
+VirtualBox                                          vmctl
+=================================================  ==========================================
+poweroff, teleported                                STOPPED
+saved, aborted-saved                                SUSPENDED (``start`` restores)
+aborted, gurumeditation                             CRASHED (``start`` boots afresh)
+running, livesnapshotting, teleporting,             RUNNING
+deletingsnapshotlive
+paused, deletingsnapshotlivepaused,                 PAUSED
+teleportingpausedvm
+starting, stopping, saving, restoring,              transitional: read again until it settles
+onlinesnapshotting, snapshotting, restoringsnapshot,  (``settle_timeout``), else UNKNOWN
+deletingsnapshot, settingup, teleportingin
+=================================================  ==========================================
+
+``aborted`` after a vmctl ``poweroff`` reads as STOPPED: VirtualBox offers no way to leave the
+Aborted state but starting the machine, so vmctl records (in the machine's extradata) that the
+crash was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from vmctl.errors import (
+    BackendError,
+    BackendUnavailable,
+    InvalidSpec,
+    InvalidState,
+    MachineExists,
+    MachineNotFound,
+    OperationTimeout,
+    SnapshotNotFound,
+    Unsupported,
+)
+from vmctl.interface import Hypervisor, Machine
+from vmctl.store import default_state_dir
+from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage, validate_name
+from vmctl.usage import process_tree_usage
+
+from ._transport import SnapshotInfo, Transport, VMInfo
+
+__all__ = ["STATE_MAP", "TRANSITIONAL", "VirtualBoxHypervisor", "VirtualBoxMachine", "open_hypervisor"]
+
+log = logging.getLogger("vmctl.virtualbox")
+
+SPEC_KEY = "vmctl/spec"
+SNAPSHOT_KEY = "vmctl/snapshot/"
+ABORT_ACK_KEY = "vmctl/aborted-ack"
+OSTYPE = "Linux_64"
+
+STATE_MAP: dict[str, State] = {
+    "poweroff": State.STOPPED,
+    "teleported": State.STOPPED,
+    "saved": State.SUSPENDED,
+    "aborted-saved": State.SUSPENDED,
+    "aborted": State.CRASHED,
+    "gurumeditation": State.CRASHED,
+    "running": State.RUNNING,
+    "livesnapshotting": State.RUNNING,
+    "teleporting": State.RUNNING,
+    "deletingsnapshotlive": State.RUNNING,
+    "paused": State.PAUSED,
+    "deletingsnapshotlivepaused": State.PAUSED,
+    "teleportingpausedvm": State.PAUSED,
+}
+TRANSITIONAL = frozenset(
+    {
+        "starting",
+        "stopping",
+        "saving",
+        "restoring",
+        "onlinesnapshotting",
+        "snapshotting",
+        "restoringsnapshot",
+        "deletingsnapshot",
+        "settingup",
+        "teleportingin",
+    }
+)
+#: States in which a VM process exists.
+ONLINE = frozenset(
+    {
+        "running",
+        "paused",
+        "gurumeditation",
+        "livesnapshotting",
+        "teleporting",
+        "deletingsnapshotlive",
+        "deletingsnapshotlivepaused",
+        "teleportingpausedvm",
+        "starting",
+        "stopping",
+        "saving",
+        "restoring",
+        "onlinesnapshotting",
+        "teleportingin",
+    }
+)
+
+
+def _dump(value: object) -> str:
+    """Compact one-line JSON: VBoxManage prints extradata values on one line."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+class VirtualBoxMachine(Machine):
+    """A VirtualBox VM created by vmctl (its spec is kept in the VM's extradata)."""
+
+    hypervisor: VirtualBoxHypervisor
+
+    def __init__(self, hypervisor: VirtualBoxHypervisor, name: str) -> None:
+        super().__init__(hypervisor, name)
+        self._spec: MachineSpec | None = None
+
+    @property
+    def transport(self) -> Transport:
+        return self.hypervisor.transport
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def spec(self) -> MachineSpec:
+        if self._spec is None:
+            raw = self.transport.get_extradata(self.name, SPEC_KEY)
+            if raw is None:
+                raise MachineNotFound(self.name, "virtualbox")
+            try:
+                self._spec = MachineSpec.from_dict(json.loads(raw))
+            except ValueError as exc:
+                raise BackendError(f"the vmctl spec stored in VM {self.name!r} is unreadable: {exc}") from exc
+        return self._spec
+
+    def info(self) -> VMInfo:
+        """What VirtualBox says about the machine now (``showvminfo``)."""
+        return self.transport.info(self.name)
+
+    def _settled_info(self, timeout: float | None = None) -> VMInfo:
+        """The machine's info once it is out of a transitional state (or at the deadline)."""
+        info = self.info()
+        if info.state not in TRANSITIONAL:
+            return info
+        deadline = time.monotonic() + (self.hypervisor.settle_timeout if timeout is None else timeout)
+        delay = 0.05
+        while info.state in TRANSITIONAL and time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 0.5)
+            info = self.info()
+        if info.state in TRANSITIONAL:
+            log.warning("%s: still %s after %.0f s", self.name, info.state, self.hypervisor.settle_timeout)
+        return info
+
+    def _map(self, info: VMInfo) -> State:
+        if info.state in TRANSITIONAL:
+            return State.UNKNOWN
+        state = STATE_MAP.get(info.state, State.UNKNOWN)
+        if state is State.UNKNOWN:
+            log.warning("%s: unknown VirtualBox state %r", self.name, info.state)
+        if info.state == "aborted" and info.state_changed:
+            if self.transport.get_extradata(self.name, ABORT_ACK_KEY) == info.state_changed:
+                return State.STOPPED
+        return state
+
+    def _get_state(self) -> State:
+        return self._map(self._settled_info())
+
+    def _get_pid(self) -> int | None:
+        info = self.info()
+        if info.state not in ONLINE:
+            return None
+        pid = self.transport.vm_pid(self.name, info)
+        if not pid:
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.AccessDenied:
+                return pid
+        except psutil.NoSuchProcess:
+            return None
+        # A stale log could name a recycled pid: the VM process names its machine's UUID.
+        return pid if not info.uuid or info.uuid in cmdline.lower() else None
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _invalid(self, verb: str, exc: InvalidState) -> InvalidState:
+        if exc.state is State.UNKNOWN:
+            fresh = InvalidState(self.name, verb, self._get_state())
+            fresh.__cause__ = exc
+            return fresh
+        return exc
+
+    def _wait(self, state: State, timeout: float) -> None:
+        self.wait_for(state, max(timeout, 1.0))
+
+    # -- verbs --------------------------------------------------------------------------------
+    def _do_start(self, timeout: float) -> None:
+        try:
+            self.transport.start(self.name, timeout)
+        except InvalidState as exc:
+            raise self._invalid("start", exc) from None
+        self._wait(State.RUNNING, timeout)
+
+    def _control(self, verb: str, action: str, *args: str, timeout: float = 60) -> None:
+        try:
+            self.transport.control(self.name, action, *args, timeout=max(timeout, 1.0))
+        except InvalidState as exc:
+            raise self._invalid(verb, exc) from None
+
+    def _do_pause(self, timeout: float) -> None:
+        self._control("pause", "pause", timeout=timeout)
+        self._wait(State.PAUSED, timeout)
+
+    def _do_resume(self, timeout: float) -> None:
+        self._control("resume", "resume", timeout=timeout)
+        self._wait(State.RUNNING, timeout)
+
+    def _do_suspend(self, timeout: float) -> None:
+        self._control("suspend", "savestate", timeout=timeout)
+        self._wait(State.SUSPENDED, timeout)
+
+    def _do_request_shutdown(self) -> None:
+        self._control("stop", "acpipowerbutton")
+
+    def _do_poweroff(self, timeout: float) -> None:
+        info = self._settled_info(min(timeout, self.hypervisor.settle_timeout))
+        if info.state in ("saved", "aborted-saved"):
+            self.transport.discard_state(self.name)
+        elif info.state == "aborted":
+            self.transport.set_extradata(self.name, ABORT_ACK_KEY, info.state_changed)
+        elif info.state in ONLINE:
+            try:
+                self._control("poweroff", "poweroff", timeout=timeout)
+            except InvalidState:
+                if self._get_state() is not State.STOPPED:
+                    raise
+        self._wait(State.STOPPED, timeout)
+
+    def _do_reset(self, timeout: float) -> None:
+        if self._get_state() is State.STOPPED:
+            # The guest finished a late shutdown after the reboot deadline: boot it.
+            self._do_start(timeout)
+            return
+        self._control("restart", "reset", timeout=timeout)
+        self._wait(State.RUNNING, timeout)
+
+    def _do_reboot(self, timeout: float) -> bool:
+        """VirtualBox has no ACPI reboot: the guest shuts down on the power button, then boots."""
+        self._do_request_shutdown()
+        try:
+            self.wait_for(State.STOPPED, timeout)
+        except OperationTimeout:
+            return False
+        self._do_start(timeout)
+        return True
+
+    def _snapshot_infos(self) -> list[tuple[Snapshot, SnapshotInfo]]:
+        infos = self.transport.snapshot_list(self.name)
+        if not infos:
+            return []
+        meta: dict[str, dict[str, Any]] = {}
+        for key, value in self.transport.extradata(self.name).items():
+            if key.startswith(SNAPSHOT_KEY):
+                try:
+                    meta[key[len(SNAPSHOT_KEY) :].lower()] = json.loads(value)
+                except ValueError:
+                    continue
+        by_uuid = {i.uuid: i for i in infos}
+        result = []
+        for i in infos:
+            m = meta.get(i.uuid, {})
+            created = m.get("created", i.created)
+            has_memory = m.get("has_memory", i.online)
+            parent = by_uuid[i.parent_uuid].name if i.parent_uuid in by_uuid else None
+            snap = Snapshot(
+                name=i.name,
+                created=float(created) if created is not None else 0.0,
+                has_memory=bool(has_memory),
+                description=i.description,
+                parent=parent,
+            )
+            result.append((snap, i))
+        if all(s.created for s, _ in result):
+            result.sort(key=lambda p: (p[0].created, p[1].order))
+        return result
+
+    def _do_snapshots(self) -> list[Snapshot]:
+        return [s for s, _ in self._snapshot_infos()]
+
+    def _find(self, name: str) -> SnapshotInfo:
+        for snap, info in self._snapshot_infos():
+            if snap.name == name:
+                return info
+        raise SnapshotNotFound(self.name, name)
+
+    def _do_snapshot(self, name: str, description: str, timeout: float) -> Snapshot:
+        state = self._get_state()
+        live = state in (State.RUNNING, State.PAUSED)
+        current = [i for i in self.transport.snapshot_list(self.name) if i.current]
+        try:
+            uuid = self.transport.snapshot_take(self.name, name, description, timeout)
+        except InvalidState as exc:
+            raise self._invalid("snapshot", exc) from None
+        created = time.time()
+        self.transport.set_extradata(self.name, SNAPSHOT_KEY + uuid, _dump({"created": created, "has_memory": live}))
+        return Snapshot(
+            name=name,
+            created=created,
+            has_memory=live,
+            description=description,
+            parent=current[0].name if current else None,
+        )
+
+    def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
+        target = self._find(snapshot.name)
+        if self._get_state() in (State.RUNNING, State.PAUSED):
+            self._do_poweroff(timeout)
+        try:
+            self.transport.snapshot_restore(self.name, target.uuid, timeout)
+        except InvalidState as exc:
+            raise self._invalid("revert", exc) from None
+        info = self._settled_info()
+        if info.state in ("saved", "aborted-saved"):
+            # An online snapshot restores to the Saved state; starting resumes its guest.
+            self._do_start(timeout)
+        else:
+            self._wait(State.STOPPED, timeout)
+
+    def _do_delete_snapshot(self, name: str, timeout: float) -> None:
+        target = self._find(name)
+        try:
+            self.transport.snapshot_delete(self.name, target.uuid, timeout)
+        except InvalidState as exc:
+            raise self._invalid("delete_snapshot", exc) from None
+        self.transport.set_extradata(self.name, SNAPSHOT_KEY + target.uuid, None)
+
+    def _do_usage(self) -> Usage:
+        info = self._settled_info()
+        if self._map(info) not in (State.RUNNING, State.PAUSED):
+            return Usage(machine=self.name)
+        pid = self._get_pid()
+        if pid:
+            try:
+                pu = process_tree_usage(pid)
+            except psutil.NoSuchProcess:
+                return Usage(machine=self.name)
+            return Usage(
+                machine=self.name,
+                cpu_seconds=pu.cpu_seconds,
+                memory_bytes=pu.memory_bytes,
+                disk_read_bytes=pu.read_bytes,
+                disk_write_bytes=pu.write_bytes,
+            )
+        # No process to look at (e.g. VirtualBox runs it as another user): VirtualBox's metrics.
+        try:
+            metrics = self.transport.metrics(self.name)
+        except BackendError as exc:
+            log.debug("%s: metrics unavailable: %s", self.name, exc)
+            return Usage(machine=self.name)
+        ram = metrics.get("RAM/Usage/Used")
+        return Usage(machine=self.name, memory_bytes=int(ram[0] * 1024) if ram and ram[1] == "kB" else None)
+
+    def _do_set_network(self, enabled: bool) -> None:
+        self._control("set_network", "setlinkstate1", "on" if enabled else "off")
+
+    def _do_set_cpu_limit(self, percent: int) -> None:
+        if self._get_state() in (State.RUNNING, State.PAUSED):
+            # Like VBoxManage itself, this changes the running machine only, until it powers off.
+            self._control("set_cpu_limit", "cpuexecutioncap", str(percent))
+        else:
+            self.transport.set_cpu_cap_offline(self.name, percent)
+
+    def _do_destroy(self, timeout: float) -> None:
+        info = self._settled_info()
+        try:
+            spec: MachineSpec | None = self.spec
+        except (InvalidSpec, BackendError) as exc:
+            log.warning("%s: stored spec unreadable (%s); destroying anyway", self.name, exc)
+            spec = None
+        if info.state in ONLINE:
+            self._do_poweroff(timeout)
+        if spec is None or not spec.overlay:
+            # unregistervm --delete deletes every attached disk: never let it reach a base image
+            # the VM wrote to directly. Snapshots are merged into it first (that is what
+            # overlay=False asked for), then it is detached.
+            for snap, _ in reversed(self._snapshot_infos()):
+                self._do_delete_snapshot(snap.name, timeout)
+            if any(path for path in info.disks.values()):
+                self.transport.detach_disk(self.name)
+        self.transport.unregister_delete(self.name, timeout)
+        folder = info.folder
+        base = self.hypervisor.base_folder
+        if folder.name == self.name and folder.parent == base and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+class VirtualBoxHypervisor(Hypervisor):
+    """VirtualBox through one :class:`Transport`; machines live in ``base_folder/<name>/``."""
+
+    name = "virtualbox"
+
+    def __init__(self, transport: Transport, base_folder: Path, settle_timeout: float = 60) -> None:
+        self.transport = transport
+        self.base_folder = Path(base_folder).expanduser().absolute()
+        self.settle_timeout = settle_timeout
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            cpu_limit=True,
+            usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
+        )
+
+    def _do_create(self, spec: MachineSpec) -> Machine:
+        if spec.kernel is not None:
+            raise Unsupported(
+                "virtualbox", "create", "VirtualBox cannot boot a kernel directly; give a bootable disk image"
+            )
+        if spec.disk is None:
+            raise InvalidSpec("disk", "VirtualBox machines need a disk image")
+        t = self.transport
+        if spec.name in t.list_vms():
+            raise MachineExists(spec.name, "virtualbox")
+        self.base_folder.mkdir(parents=True, exist_ok=True)
+        folder = self.base_folder / spec.name
+        try:
+            t.create_vm(spec.name, self.base_folder, OSTYPE)
+        except BackendError as exc:
+            if exc.code in ("VBOX_E_FILE_ERROR", "VBOX_E_OBJECT_IN_USE") or spec.name in t.list_vms():
+                raise MachineExists(spec.name, "virtualbox") from exc
+            raise
+        try:
+            t.configure(
+                spec.name,
+                memory_mib=spec.memory_mib,
+                cpus=spec.cpus,
+                network=spec.network,
+                serial_log=spec.serial_log,
+            )
+            t.attach_disk(spec.name, spec.disk, multiattach=spec.overlay)
+            for tag, path in spec.shared_dirs.items():
+                t.add_shared_folder(spec.name, tag, path)
+            t.set_extradata(spec.name, SPEC_KEY, _dump(spec.to_dict()))
+        except BaseException:
+            log.warning("%s: creation failed; removing the half-made VM", spec.name)
+            try:
+                if not spec.overlay:
+                    try:
+                        t.detach_disk(spec.name)
+                    except BackendError:
+                        pass
+                t.unregister_delete(spec.name, 60)
+            except Exception as cleanup_exc:
+                log.warning("%s: cleanup after failed create failed too: %s", spec.name, cleanup_exc)
+            if folder.is_dir() and not (folder / f"{spec.name}.vbox").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        machine = VirtualBoxMachine(self, spec.name)
+        machine._spec = spec
+        return machine
+
+    def _machine_names(self) -> list[str]:
+        names = []
+        for name in self.transport.list_vms():
+            try:
+                validate_name(name)
+            except InvalidSpec:
+                continue
+            try:
+                if self.transport.get_extradata(name, SPEC_KEY) is not None:
+                    names.append(name)
+            except MachineNotFound:
+                continue
+        return names
+
+    def _open_machine(self, name: str) -> Machine:
+        if self.transport.get_extradata(name, SPEC_KEY) is None:
+            raise MachineNotFound(name, "virtualbox")
+        return VirtualBoxMachine(self, name)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __repr__(self) -> str:
+        return f"<VirtualBoxHypervisor via {self.transport.name}>"
+
+
+def open_hypervisor(
+    *,
+    vboxmanage: str | Path | None = None,
+    transport: str = "auto",
+    base_folder: str | Path | None = None,
+    timeout: float = 120,
+    retries: int = 5,
+    retry_delay: float = 0.5,
+    settle_timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> VirtualBoxHypervisor:
+    """Connect to VirtualBox (see :func:`vmctl_virtualbox.provider`'s options)."""
+    if transport not in ("auto", "vboxmanage", "vboxapi"):
+        raise InvalidSpec("transport", f"{transport!r} is not 'auto', 'vboxmanage' or 'vboxapi'")
+    folder = Path(base_folder) if base_folder is not None else default_state_dir("virtualbox") / "machines"
+    chosen: Transport | None = None
+    if transport == "vboxapi" or (transport == "auto" and vboxmanage is None):
+        try:
+            from ._vboxapi import VBoxApiTransport
+
+            api = VBoxApiTransport()
+            log.info("VirtualBox %s reached through vboxapi", api.version())
+            chosen = api
+        except Exception as exc:
+            if transport == "vboxapi":
+                raise BackendUnavailable(
+                    "virtualbox",
+                    f"the vboxapi transport is not usable: {exc}",
+                    "the Python bindings of the VirtualBox SDK (sdk/installer/python: python vboxapisetup.py install)",
+                ) from exc
+            log.debug("vboxapi not usable (%s); using VBoxManage", exc)
+    if chosen is None:
+        from ._vboxmanage import VBoxManageTransport, find_vboxmanage
+
+        exe = str(vboxmanage) if vboxmanage is not None else find_vboxmanage()
+        if exe is None:
+            raise BackendUnavailable(
+                "virtualbox",
+                "VBoxManage was not found on PATH",
+                "VirtualBox 7 from https://www.virtualbox.org (or pass vboxmanage=PATH)",
+            )
+        vbm = VBoxManageTransport(exe, timeout=timeout, retries=retries, retry_delay=retry_delay, env=env)
+        try:
+            version = vbm.version()
+        except (BackendError, OperationTimeout) as exc:
+            raise BackendUnavailable("virtualbox", f"{exe} does not work: {exc}") from exc
+        major = version.split(".", 1)[0]
+        if major.isdigit() and int(major) < 7:
+            log.warning("VirtualBox %s is older than 7; vmctl is tested against VirtualBox 7's formats", version)
+        log.info("VirtualBox %s reached through %s", version, exe)
+        chosen = vbm
+    return VirtualBoxHypervisor(chosen, folder, settle_timeout=settle_timeout)

@@ -1,0 +1,338 @@
+"""The VBoxManage transport: every call an argv list, run with ``LANG=C`` and a timeout.
+
+Errors are read from stderr whatever the exit status (VBoxManage can exit 0 after printing
+``VBoxManage: error: ...``), ``startvm`` counts as successful when it printed ``has been
+successfully started`` even if it then exits non-zero, and the transient
+VBOX_E_INVALID_OBJECT_STATE ("already locked") error is retried a bounded number of times with
+exponential backoff, as BOINC's vboxwrapper does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from vmctl.errors import BackendError
+from vmctl.tools import run_tool
+from vmctl.types import Network
+
+from ._errors import VBoxErrorInfo, is_transient, map_error, parse_error
+from ._parse import (
+    parse_extradata_enumerate,
+    parse_extradata_value,
+    parse_log_pid,
+    parse_machinereadable,
+    parse_metrics,
+    parse_snapshot_list,
+    parse_snapshot_taken,
+    parse_vm_list,
+)
+from ._transport import SnapshotInfo, Transport, VMInfo
+
+__all__ = ["VBoxManageTransport", "find_vboxmanage"]
+
+log = logging.getLogger("vmctl.virtualbox")
+
+CONTROLLER = "SATA"
+STARTED = "has been successfully started"
+
+
+def find_vboxmanage() -> str | None:
+    """VBoxManage on PATH, or where VirtualBox installs it on Windows and macOS."""
+    for name in ("VBoxManage", "vboxmanage", "VBoxManage.exe"):
+        found = shutil.which(name)
+        if found:
+            return found
+    candidates = []
+    for var in ("VBOX_MSI_INSTALL_PATH", "VBOX_INSTALL_PATH"):
+        if os.environ.get(var):
+            candidates.append(Path(os.environ[var]) / "VBoxManage.exe")
+    if sys.platform == "darwin":
+        candidates.append(Path("/Applications/VirtualBox.app/Contents/MacOS/VBoxManage"))
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    return None
+
+
+class VBoxManageTransport(Transport):
+    name = "vboxmanage"
+
+    def __init__(
+        self,
+        executable: str,
+        *,
+        timeout: float = 120,
+        retries: int = 5,
+        retry_delay: float = 0.5,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.executable = executable
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.env = dict(env or {})
+
+    # -- running VBoxManage ------------------------------------------------------------------
+    def _argv(self, args: Sequence[str]) -> list[str]:
+        return [self.executable, "-q", *[str(a) for a in args]]
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        timeout: float | None = None,
+        machine: str | None = None,
+        verb: str = "",
+        ok_if: str | None = None,
+        expected: bool = False,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run VBoxManage; raise the mapped vmctl error on failure, retrying transient ones.
+
+        ``ok_if``: text on stdout meaning success whatever the status and stderr say (a
+        warning is logged unless ``expected``).
+        """
+        argv = self._argv(args)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        delay = self.retry_delay
+        attempt = 0
+        while True:
+            left = max(1.0, deadline - time.monotonic())
+            proc = run_tool(argv, timeout=left, check=False, env=self.env)
+            if ok_if is not None and ok_if in proc.stdout:
+                if not expected and (proc.returncode != 0 or "error:" in proc.stderr):
+                    log.warning(
+                        "%s exited %d after reporting success; treating it as success (stderr: %s)",
+                        " ".join(argv[1:4]),
+                        proc.returncode,
+                        proc.stderr.strip()[-300:],
+                    )
+                return proc
+            info = parse_error(proc.stderr, proc.stdout)
+            if info is None and proc.returncode == 0:
+                return proc
+            if info is None:
+                detail = (proc.stderr or proc.stdout).strip().splitlines()
+                info = VBoxErrorInfo(text=detail[-1] if detail else f"exit status {proc.returncode}")
+            elif proc.returncode == 0:
+                log.warning("%s exited 0 but printed an error: %s", " ".join(argv[1:4]), info.text)
+            if is_transient(info) and attempt < self.retries and time.monotonic() + delay < deadline:
+                attempt += 1
+                log.info(
+                    "%s: transient VirtualBox error (%s), retry %d/%d in %.2f s",
+                    " ".join(argv[1:4]),
+                    info.code or info.text,
+                    attempt,
+                    self.retries,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            raise map_error(
+                info,
+                command=argv,
+                status=proc.returncode,
+                stdout=proc.stdout,
+                stderr=proc.stderr,
+                machine=machine,
+                verb=verb,
+            )
+
+    # -- Transport ---------------------------------------------------------------------------
+    def version(self) -> str:
+        proc = self.run(["--version"], timeout=min(self.timeout, 60))
+        return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "?"
+
+    def list_vms(self) -> dict[str, str]:
+        return parse_vm_list(self.run(["list", "vms"]).stdout)
+
+    def info(self, vm: str) -> VMInfo:
+        raw = parse_machinereadable(self.run(["showvminfo", vm, "--machinereadable"], machine=vm).stdout)
+        disks = {k: v for k, v in raw.items() if k.startswith(CONTROLLER + "-") and k.count("-") == 2 and v != "none"}
+        cable = raw.get("cableconnected1")
+        try:
+            cap = int(raw.get("cpuexecutioncap", "100"))
+        except ValueError:
+            cap = 100
+        return VMInfo(
+            name=raw.get("name", vm),
+            uuid=raw.get("UUID", "").lower(),
+            state=raw.get("VMState", "unknown"),
+            cfg_file=raw.get("CfgFile", ""),
+            log_folder=raw.get("LogFldr", ""),
+            snapshot_folder=raw.get("SnapFldr", ""),
+            state_file=raw.get("VMStateFile"),
+            state_changed=raw.get("VMStateChangeTime", ""),
+            cpu_cap=cap,
+            memory_mib=int(raw.get("memory", "0") or 0),
+            cpus=int(raw.get("cpus", "0") or 0),
+            cable_connected=None if cable is None or raw.get("nic1") in (None, "none") else cable == "on",
+            disks=disks,
+            raw=raw,
+        )
+
+    def create_vm(self, name: str, base_folder: Path, ostype: str) -> str:
+        proc = self.run(
+            ["createvm", "--name", name, "--basefolder", str(base_folder), "--ostype", ostype, "--register"],
+            machine=name,
+            verb="create",
+        )
+        for line in proc.stdout.splitlines():
+            if line.startswith("UUID:"):
+                return line.split(":", 1)[1].strip().lower()
+        return self.info(name).uuid
+
+    def configure(
+        self,
+        vm: str,
+        *,
+        memory_mib: int,
+        cpus: int,
+        network: Network | None,
+        serial_log: Path | None,
+    ) -> None:
+        args = [
+            "modifyvm",
+            vm,
+            "--memory",
+            str(memory_mib),
+            "--cpus",
+            str(cpus),
+            "--ioapic",
+            "on",
+            "--acpi",
+            "on",
+            "--boot1",
+            "disk",
+            "--boot2",
+            "none",
+            "--boot3",
+            "none",
+            "--boot4",
+            "none",
+        ]
+        if network is None:
+            args += ["--nic1", "none"]
+        else:
+            args += ["--nic1", "nat", "--cableconnected1", "on"]
+            for pf in network.port_forwards:
+                rule = f"{pf.protocol}{pf.host_port},{pf.protocol},{pf.host_address},{pf.host_port},,{pf.guest_port}"
+                args += ["--natpf1", rule]
+        if serial_log is not None:
+            args += ["--uart1", "0x3F8", "4", "--uartmode1", "file", str(serial_log)]
+        self.run(args, machine=vm, verb="create")
+
+    def attach_disk(self, vm: str, path: Path, multiattach: bool) -> None:
+        self.run(
+            ["storagectl", vm, "--name", CONTROLLER, "--add", "sata", "--controller", "IntelAhci", "--portcount", "1"],
+            machine=vm,
+            verb="create",
+        )
+        args = ["storageattach", vm, "--storagectl", CONTROLLER, "--port", "0", "--device", "0", "--type", "hdd"]
+        args += ["--medium", str(path)]
+        if multiattach:
+            args += ["--mtype", "multiattach"]
+        self.run(args, machine=vm, verb="create")
+
+    def detach_disk(self, vm: str) -> None:
+        args = ["storageattach", vm, "--storagectl", CONTROLLER, "--port", "0", "--device", "0", "--medium", "none"]
+        self.run(args, machine=vm, verb="destroy")
+
+    def add_shared_folder(self, vm: str, tag: str, path: Path) -> None:
+        self.run(["sharedfolder", "add", vm, "--name", tag, "--hostpath", str(path)], machine=vm, verb="create")
+
+    def get_extradata(self, vm: str, key: str) -> str | None:
+        return parse_extradata_value(self.run(["getextradata", vm, key], machine=vm).stdout)
+
+    def set_extradata(self, vm: str, key: str, value: str | None) -> None:
+        args = ["setextradata", vm, key]
+        if value is not None:
+            args.append(value)
+        self.run(args, machine=vm)
+
+    def extradata(self, vm: str) -> dict[str, str]:
+        return parse_extradata_enumerate(self.run(["getextradata", vm, "enumerate"], machine=vm).stdout)
+
+    def start(self, vm: str, timeout: float) -> None:
+        self.run(["startvm", vm, "--type", "headless"], timeout=timeout, machine=vm, verb="start", ok_if=STARTED)
+
+    def control(self, vm: str, action: str, *args: str, timeout: float = 60) -> None:
+        verb = {"acpipowerbutton": "stop", "savestate": "suspend", "reset": "restart"}.get(action, action)
+        self.run(["controlvm", vm, action, *args], timeout=timeout, machine=vm, verb=verb)
+
+    def discard_state(self, vm: str) -> None:
+        self.run(["discardstate", vm], machine=vm, verb="poweroff")
+
+    def set_cpu_cap_offline(self, vm: str, percent: int) -> None:
+        self.run(["modifyvm", vm, "--cpuexecutioncap", str(percent)], machine=vm, verb="set_cpu_limit")
+
+    def snapshot_take(self, vm: str, name: str, description: str, timeout: float) -> str:
+        args = ["snapshot", vm, "take", name]
+        if description:
+            args += ["--description", description]
+        proc = self.run(args, timeout=timeout, machine=vm, verb="snapshot")
+        found = parse_snapshot_taken(proc.stdout)
+        if found:
+            return found
+        for snap in self.snapshot_list(vm):
+            if snap.name == name:
+                return snap.uuid
+        raise BackendError(f"snapshot {name!r} of {vm!r} was not found after it was taken", command=args)
+
+    def snapshot_list(self, vm: str) -> list[SnapshotInfo]:
+        # An empty list is reported on stdout with exit status 1: not an error.
+        proc = self.run(
+            ["snapshot", vm, "list", "--machinereadable"],
+            machine=vm,
+            verb="snapshots",
+            ok_if="does not have any snapshots",
+            expected=True,
+        )
+        return [
+            SnapshotInfo(
+                name=n.name,
+                uuid=n.uuid,
+                description=n.description,
+                parent_uuid=n.parent_uuid,
+                order=n.order,
+                current=n.current,
+            )
+            for n in parse_snapshot_list(proc.stdout)
+        ]
+
+    def snapshot_restore(self, vm: str, snapshot_uuid: str, timeout: float) -> None:
+        self.run(["snapshot", vm, "restore", snapshot_uuid], timeout=timeout, machine=vm, verb="revert")
+
+    def snapshot_delete(self, vm: str, snapshot_uuid: str, timeout: float) -> None:
+        self.run(["snapshot", vm, "delete", snapshot_uuid], timeout=timeout, machine=vm, verb="delete_snapshot")
+
+    def unregister_delete(self, vm: str, timeout: float) -> None:
+        self.run(["unregistervm", vm, "--delete"], timeout=timeout, machine=vm, verb="destroy")
+
+    def vm_pid(self, vm: str, info: VMInfo) -> int | None:
+        if not info.log_folder:
+            return None
+        try:
+            with open(Path(info.log_folder) / "VBox.log", encoding="utf-8", errors="replace") as f:
+                head = f.read(16384)
+        except OSError:
+            return None
+        return parse_log_pid(head)
+
+    def metrics(self, vm: str) -> dict[str, tuple[float, str]]:
+        self.run(["metrics", "setup", "--period", "1", "--samples", "1", vm, "CPU/Load,RAM/Usage"], machine=vm)
+        table = parse_metrics(self.run(["metrics", "query", vm, "CPU/Load/User,CPU/Load/Kernel,RAM/Usage/Used"]).stdout)
+        for obj, values in table.items():
+            if obj == vm or not table.get(vm):
+                return values
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<VBoxManageTransport {self.executable!r}>"
