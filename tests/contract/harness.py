@@ -70,6 +70,16 @@ class Harness(ABC):
     multi_process: bool = True
     #: the guest really runs: CPU time and counters come from a real guest
     real_guest: bool = True
+    #: the probe sees inside the guest: its RAM counter, power-button presses and link
+    #: (a harness without a guest still reports boots and readiness from the hypervisor)
+    guest_view: bool = True
+    #: a guest that ignores the power button can be made (forced-stop test)
+    can_ignore_power_button: bool = True
+    #: the hypervisor process can be killed (crash test)
+    can_crash: bool = True
+    #: verbs the backend supports but the peer under test (a simulator) does not implement:
+    #: the contract expects them to raise Unsupported there
+    peer_lacks: frozenset[str] = frozenset()
 
     @abstractmethod
     def connect(self) -> vmctl.Hypervisor: ...

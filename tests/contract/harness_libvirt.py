@@ -88,6 +88,9 @@ class LibvirtTestDriverHarness(Harness):
     """``test:///default``: libvirt's in-process mock driver. Fast, no daemon, no guest."""
 
     id = "libvirt-test"
+    guest_view = False
+    can_ignore_power_button = False
+    can_crash = False
     boot_timeout = 5
     #: test:///default is private to each process: another process sees a fresh driver.
     multi_process = False
