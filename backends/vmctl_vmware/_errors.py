@@ -1,0 +1,90 @@
+"""vmrun's errors: an ``Error: <VIX error text>`` line on stdout, usually with exit status 255.
+
+vmrun reports failures on stdout, not stderr, and some builds exit 0 after printing one, so the
+output is checked as well as the status. Each message is classified by the VIX error text it
+carries, so the machine can raise the matching vmctl error.
+
+>>> from vmctl_vmware._errors import classify
+>>> classify("The virtual machine is not powered on: /vms/a/a.vmx")
+'not_running'
+>>> classify("Cannot open VM: /vms/a/a.vmx, The virtual machine cannot be found")
+'vm_not_found'
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from vmctl.errors import BackendError
+
+__all__ = ["VmrunError", "check_result", "classify"]
+
+NOT_RUNNING = "not_running"
+IS_RUNNING = "is_running"
+VM_NOT_FOUND = "vm_not_found"
+TOOLS_NOT_RUNNING = "tools_not_running"
+SNAPSHOT_NOT_FOUND = "snapshot_not_found"
+SNAPSHOT_NOT_UNIQUE = "snapshot_not_unique"
+NOT_SUPPORTED = "not_supported"
+ENCRYPTED = "encrypted"
+INVALID_ARGUMENT = "invalid_argument"
+OTHER = "other"
+
+# Checked in order: the Tools message also says "not running", and "is not running" must win
+# over "running".
+_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (ENCRYPTED, re.compile(r"password is required", re.I)),
+    (TOOLS_NOT_RUNNING, re.compile(r"tools (are|is) not running|tools.*not running", re.I)),
+    (NOT_RUNNING, re.compile(r"not powered on|needs to be powered on|is not running", re.I)),
+    (IS_RUNNING, re.compile(r"should not be powered on|already running|already powered on", re.I)),
+    (VM_NOT_FOUND, re.compile(r"cannot be found|file was not found|unknown file suffix", re.I)),
+    (SNAPSHOT_NOT_UNIQUE, re.compile(r"does not uniquely identify", re.I)),
+    (SNAPSHOT_NOT_FOUND, re.compile(r"file by that name does not exist|snapshot.*(not found|does not exist)", re.I)),
+    (NOT_SUPPORTED, re.compile(r"not supported", re.I)),
+    (INVALID_ARGUMENT, re.compile(r"parameters was invalid|invalid argument", re.I)),
+)
+
+
+def classify(message: str) -> str:
+    """The kind of a vmrun error message (one of this module's constants)."""
+    for kind, pattern in _KINDS:
+        if pattern.search(message):
+            return kind
+    return OTHER
+
+
+class VmrunError(BackendError):
+    """vmrun failed. ``kind`` classifies ``vix_message``, the text after ``Error:``."""
+
+    def __init__(self, vix_message: str, *, command: Sequence[str], status: int, stdout: str, stderr: str) -> None:
+        self.vix_message = vix_message
+        self.kind = classify(vix_message)
+        super().__init__(
+            f"vmrun {command[3] if len(command) > 3 else ''} failed (exit {status}): {vix_message}",
+            command=list(command),
+            status=status,
+            stdout=stdout,
+            stderr=stderr,
+            code=self.kind,
+        )
+
+
+def check_result(command: Sequence[str], status: int, stdout: str, stderr: str) -> str:
+    """Return vmrun's stdout, or raise :class:`VmrunError` if it reported a failure.
+
+    A failure is a non-zero status, or an ``Error:`` line as the first line of output.
+    """
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    err_lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines + err_lines if line.startswith("Error:")]
+    first_is_error = bool(lines) and lines[0].startswith("Error:")
+    if status == 0 and not first_is_error:
+        return stdout
+    if errors:
+        message = errors[0][len("Error:") :].strip()
+    elif lines or err_lines:
+        message = (lines or err_lines)[0]
+    else:
+        message = f"no output, exit status {status}"
+    raise VmrunError(message, command=command, status=status, stdout=stdout, stderr=stderr)

@@ -1,0 +1,117 @@
+"""Running vmrun: finding it, argv lists, ``LANG=C``, a timeout on every call.
+
+No verb vmctl uses needs guest credentials, so ``-gu``/``-gp`` are never passed; encrypted VMs,
+whose password vmrun takes only on its command line (``-vp``), are refused instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from vmctl.errors import BackendError
+from vmctl.tools import c_locale_env, run_tool
+
+from ._errors import VmrunError, check_result
+
+__all__ = ["ENV_VMRUN", "STANDARD_LOCATIONS", "Vmrun", "find_vmrun"]
+
+log = logging.getLogger("vmctl.vmware")
+
+ENV_VMRUN = "VMCTL_VMRUN"
+#: Where VMware installs vmrun when it is not on PATH.
+STANDARD_LOCATIONS = (
+    "/usr/bin/vmrun",
+    "/usr/local/bin/vmrun",
+    "/Applications/VMware Fusion.app/Contents/Library/vmrun",
+    "/Applications/VMware Fusion.app/Contents/Public/vmrun",
+    r"C:\Program Files (x86)\VMware\VMware Workstation\vmrun.exe",
+    r"C:\Program Files\VMware\VMware Workstation\vmrun.exe",
+    r"C:\Program Files (x86)\VMware\VMware VIX\vmrun.exe",
+)
+
+
+def find_vmrun(explicit: str | os.PathLike[str] | None = None) -> str | None:
+    """The vmrun to use: ``explicit``, else ``$VMCTL_VMRUN``, else ``vmrun`` on PATH, else
+    VMware's install locations. None if there is none (or an explicit one is not executable)."""
+    for candidate in (explicit, os.environ.get(ENV_VMRUN) or None):
+        if candidate is not None:
+            path = Path(candidate).expanduser()
+            return str(path.absolute()) if path.is_file() and os.access(path, os.X_OK) else None
+    on_path = shutil.which("vmrun")
+    if on_path:
+        return on_path
+    for location in STANDARD_LOCATIONS:
+        if os.path.isfile(location) and os.access(location, os.X_OK):
+            return location
+    return None
+
+
+class Vmrun:
+    """``vmrun -T <product>`` for one connection."""
+
+    def __init__(self, path: str, product: str) -> None:
+        self.path = path
+        self.product = product
+        self._background: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+
+    def argv(self, verb: str, *args: str | os.PathLike[str]) -> list[str]:
+        return [self.path, "-T", self.product, verb, *(os.fspath(a) for a in args)]
+
+    def __call__(self, verb: str, *args: str | os.PathLike[str], timeout: float) -> str:
+        """Run one verb and return its stdout; raise VmrunError, or OperationTimeout at the deadline."""
+        argv = self.argv(verb, *args)
+        proc = run_tool(argv, timeout=max(timeout, 1.0), check=False)
+        return check_result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def spawn(self, verb: str, *args: str | os.PathLike[str], timeout: float) -> None:
+        """Start one verb without waiting; it is killed if still running after ``timeout``.
+
+        For verbs that block until the guest acts (``stop soft``), while the caller watches the
+        machine's state itself.
+        """
+        argv = self.argv(verb, *args)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                env=c_locale_env(),
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot run {argv[0]}: {exc}", command=argv) from exc
+        with self._lock:
+            self._background.add(proc)
+        threading.Thread(target=self._reap, args=(proc, argv, timeout), daemon=True, name="vmrun-reaper").start()
+
+    def _reap(self, proc: subprocess.Popen[str], argv: list[str], timeout: float) -> None:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            log.warning("%s outlived its %g s deadline and was killed", " ".join(argv[3:5]), timeout)
+        finally:
+            with self._lock:
+                self._background.discard(proc)
+        if proc.returncode >= 0:
+            try:
+                check_result(argv, proc.returncode, out, err)
+            except VmrunError as exc:
+                log.warning("background %s: %s", argv[3], exc.vix_message)
+
+    def close(self) -> None:
+        """Kill vmrun processes still running in the background."""
+        with self._lock:
+            procs = list(self._background)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
