@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import vmctl
-from vmctl.testguest import ensure_test_guest
+from vmctl.progress import reporting
+from vmctl.testguest import TestGuest, ensure_test_guest
 from vmctl_qemu._machine import QemuMachine
 
 
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<34} {took * 1000:9.1f} ms  {detail}", flush=True)
         return result
 
-    guest = step("build or reuse the test guest", ensure_test_guest, lambda g: str(g.disk.parent))
+    def build_guest() -> TestGuest:
+        with reporting(None, "building the test guest") as report:
+            return ensure_test_guest(progress=report)
+
+    guest = step("build or reuse the test guest", build_guest, lambda g: str(g.disk.parent))
     hv = vmctl.connect("qemu", state_dir=state_dir, accel=args.accel)
     share = work / "share"
     share.mkdir()
