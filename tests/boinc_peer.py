@@ -1,0 +1,355 @@
+"""A private, real BOINC client (Debian's ``boinc-client``) whose one project runs ``vmctl-boinc``.
+
+:class:`BoincPeer` builds a data directory (see /work/shared/docs/boinc-client-peer.md): an
+account and a project that nothing serves (``http://127.0.0.1:1/probe/``), an anonymous-platform
+``app_info.xml`` whose main program is a small wrapper that execs this interpreter's
+``python -m vmctl.boinc``, the job file and the VM's files as app-version files, and one
+workunit/result per task. It starts ``boinc --dir D --gui_rpc_port P`` on a free loopback port,
+drives it with ``boinccmd``, and always quits and then kills it (:meth:`close`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+URL = "http://127.0.0.1:1/probe/"
+PROJECT = "127.0.0.1_1_probe"
+APP = "vmctl_probe"
+APP_FILE = "vmctl-boinc-app"
+PLATFORM = "x86_64-pc-linux-gnu"
+
+
+def boinc_available() -> str | None:
+    """None if the real client can run here, else why not."""
+    for tool in ("boinc", "boinccmd"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt-get install boinc-client)"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _el(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = str(text)
+    return el
+
+
+def _write_xml(path: Path, root: ET.Element) -> None:
+    ET.indent(root)
+    path.write_text(ET.tostring(root, encoding="unicode") + "\n")
+
+
+@dataclass
+class Task:
+    """One workunit and its result. ``output``: the result's output file open name, if any."""
+
+    name: str
+    output: str | None = None
+    suspended: bool = False
+
+    @property
+    def result(self) -> str:
+        return f"{self.name}_0"
+
+    @property
+    def output_file(self) -> str:
+        return f"{self.result}_r0"
+
+
+@dataclass
+class BoincPeer:
+    root: Path
+    app_files: Mapping[str, Path]
+    """Open name -> file: the job file, disk image, kernel, ... (linked into the project dir)."""
+    tasks: Sequence[Task]
+    leave_apps_in_memory: bool = True
+    checkpoint_period: float = 60.0
+    port: int = field(default_factory=_free_port)
+    password: str = field(default_factory=lambda: secrets.token_hex(8))
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def project_dir(self) -> Path:
+        return self.data / "projects" / PROJECT
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "client.log"
+
+    def slot(self, n: int = 0) -> Path:
+        return self.data / "slots" / str(n)
+
+    # -- the data directory -------------------------------------------------------------------
+    def build(self) -> BoincPeer:
+        self.project_dir.mkdir(parents=True)
+        now = time.time()
+        account = ET.Element("account")
+        _el(account, "master_url", URL)
+        _el(account, "authenticator", "0123456789abcdef")
+        _el(account, "project_name", "probe")
+        _write_xml(self.data / f"account_{PROJECT}.xml", account)
+
+        app = self.project_dir / APP_FILE
+        app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vmctl.boinc "$@"\n')
+        app.chmod(0o755)
+        physical: dict[str, str] = {}
+        for open_name, source in self.app_files.items():
+            name = f"v1_{open_name}"
+            target = self.project_dir / name
+            if Path(source).stat().st_size > 1 << 20:
+                target.symlink_to(Path(source).resolve())  # a base image is never copied
+            else:
+                shutil.copyfile(source, target)
+            physical[open_name] = name
+
+        info = ET.Element("app_info")
+        a = _el(info, "app")
+        _el(a, "name", APP)
+        _el(a, "user_friendly_name", APP)
+        f = _el(info, "file")
+        _el(f, "name", APP_FILE)
+        _el(f, "executable")
+        for name in physical.values():
+            _el(_el(info, "file"), "name", name)
+        av = _el(info, "app_version")
+        for tag, text in (
+            ("app_name", APP),
+            ("version_num", 100),
+            ("platform", PLATFORM),
+            ("api_version", "7.20.0"),
+            ("avg_ncpus", 1),
+            ("max_ncpus", 1),
+            ("flops", "1e9"),
+        ):
+            _el(av, tag, text)
+        ref = _el(av, "file_ref")
+        _el(ref, "file_name", APP_FILE)
+        _el(ref, "main_program")
+        for open_name, name in physical.items():
+            ref = _el(av, "file_ref")
+            _el(ref, "file_name", name)
+            _el(ref, "open_name", open_name)
+        _write_xml(self.project_dir / "app_info.xml", info)
+
+        state = ET.Element("client_state")
+        p = _el(state, "project")
+        _el(p, "master_url", URL)
+        _el(p, "project_name", "probe")
+        _el(p, "dont_request_more_work")
+        _el(p, "master_url_fetch_pending", 0)
+        _el(p, "sched_rpc_pending", 0)
+        for task in self.tasks:
+            if task.output is not None:
+                fi = _el(state, "file")
+                _el(fi, "name", task.output_file)
+                _el(fi, "max_nbytes", "1e7")
+                _el(fi, "status", 0)
+                _el(fi, "sticky")  # kept after the task (nothing uploads it), so a test can read it
+            wu = _el(state, "workunit")
+            for tag, text in (
+                ("name", task.name),
+                ("app_name", APP),
+                ("version_num", 100),
+                ("rsc_fpops_est", "1e12"),
+                ("rsc_fpops_bound", "1e15"),
+                ("rsc_memory_bound", "2e9"),
+                ("rsc_disk_bound", "4e9"),
+            ):
+                _el(wu, tag, text)
+            r = _el(state, "result")
+            for tag, text in (
+                ("name", task.result),
+                ("wu_name", task.name),
+                ("platform", PLATFORM),
+                ("version_num", 100),
+                ("state", 2),
+                ("received_time", f"{now:f}"),
+                ("report_deadline", f"{now + 30 * 86400:f}"),
+            ):
+                _el(r, tag, text)
+            if task.output is not None:
+                ref = _el(r, "file_ref")
+                _el(ref, "file_name", task.output_file)
+                _el(ref, "open_name", task.output)
+            if task.suspended:
+                _el(r, "suspended_via_gui")
+        _el(state, "user_run_request", 1)
+        _el(state, "user_gpu_request", 3)
+        _el(state, "user_network_request", 3)
+        _write_xml(self.data / "client_state.xml", state)
+
+        cc = ET.Element("cc_config")
+        flags = _el(cc, "log_flags")
+        for flag in ("task", "task_debug", "cpu_sched", "app_msg_send", "checkpoint_debug"):
+            _el(flags, flag, 1)
+        opts = _el(cc, "options")
+        for opt, value in (
+            ("ncpus", 1),
+            ("no_gpus", 1),
+            ("skip_cpu_benchmarks", 1),
+            ("no_info_fetch", 1),
+            ("no_priority_change", 1),
+        ):
+            _el(opts, opt, value)
+        _write_xml(self.data / "cc_config.xml", cc)
+
+        self.write_prefs()
+        (self.data / "gui_rpc_auth.cfg").write_text(self.password)
+        return self
+
+    def write_prefs(self) -> None:
+        """``global_prefs_override.xml`` from the peer's settings (``--read_global_prefs_override``
+        makes a running client read it)."""
+        prefs = ET.Element("global_preferences")
+        pref_values: tuple[tuple[str, float], ...] = (
+            ("run_on_batteries", 1),
+            ("run_if_user_active", 1),
+            ("run_gpu_if_user_active", 1),
+            ("suspend_cpu_usage", 0),
+            ("cpu_usage_limit", 100),
+            ("max_ncpus_pct", 100),
+            ("leave_apps_in_memory", int(self.leave_apps_in_memory)),
+            ("disk_interval", self.checkpoint_period),
+            ("disk_max_used_gb", 1000),
+            ("disk_max_used_pct", 100),
+            ("disk_min_free_gb", 0.1),
+            ("ram_max_used_busy_pct", 90),
+            ("ram_max_used_idle_pct", 90),
+            ("work_buf_min_days", 0),
+            ("work_buf_additional_days", 0),
+        )
+        for tag, number in pref_values:
+            _el(prefs, tag, number)
+        _write_xml(self.data / "global_prefs_override.xml", prefs)
+
+    # -- the client process -----------------------------------------------------------------------
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(
+                ["boinc", "--dir", str(self.data), "--gui_rpc_port", str(self.port)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "LANG": "C", "LC_ALL": "C"},
+            )
+        finally:
+            log.close()
+        self.wait_for(lambda: self._rpc_ready(), 30, "the client's GUI RPC port")
+
+    def _rpc_ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"boinc exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return self.cmd("--client_version", check=False).returncode == 0
+
+    def cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["boinccmd", "--host", f"localhost:{self.port}", "--passwd", self.password, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "LANG": "C", "LC_ALL": "C"},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"boinccmd {' '.join(args)} failed: {proc.stdout}{proc.stderr}")
+        return proc
+
+    def task_op(self, task: Task, op: str) -> None:
+        self.cmd("--task", URL, task.result, op)
+
+    def tasks_info(self) -> dict[str, dict[str, str]]:
+        """``boinccmd --get_tasks`` parsed: result name -> {field: value}."""
+        out = self.cmd("--get_tasks").stdout
+        tasks: dict[str, dict[str, str]] = {}
+        current: dict[str, str] | None = None
+        for line in out.splitlines():
+            if re.match(r"^\d+\) -+$", line.strip()):
+                current = {}
+                continue
+            if current is None or ":" not in line:
+                continue
+            key, _, value = line.strip().partition(":")
+            current[key.strip()] = value.strip()
+            if key.strip() == "name":
+                tasks[value.strip()] = current
+        return tasks
+
+    def info(self, task: Task) -> dict[str, str]:
+        return self.tasks_info().get(task.result, {})
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}\n--- client log:\n{self.log()[-4000:]}"
+                )
+            time.sleep(interval)
+
+    def quit(self, timeout: float = 90) -> None:
+        """``boinccmd --quit`` and wait for the client to exit (it sends <quit/> to the apps)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.cmd("--quit", check=False)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def close(self) -> None:
+        """Quit the client; kill it if it does not go."""
+        try:
+            self.quit(timeout=60)
+        finally:
+            self.kill()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stderr_out(self, task: Task) -> str:
+        """The task's stderr as the client kept it in client_state.xml (after the task ended)."""
+        try:
+            root = ET.parse(self.data / "client_state.xml").getroot()  # noqa: S314 - our own client's file
+        except (OSError, ET.ParseError):
+            return ""
+        for r in root.iter("result"):
+            if r.findtext("name") == task.result:
+                return r.findtext("stderr_out") or ""
+        return ""

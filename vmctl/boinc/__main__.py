@@ -1,0 +1,146 @@
+"""``vmctl-boinc``: the program a BOINC client starts as a task's app (see docs/boinc.md).
+
+Started by the client with the slot directory as its working directory, it runs the task's VM
+until the task is done, quits, is aborted or must wait. ``vmctl-boinc --reap`` removes the VMs
+of tasks that no longer exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from vmctl.boinc import reaper
+from vmctl.boinc.adapter import EXIT_INIT_FAILURE, Adapter
+from vmctl.boinc.initdata import InitDataError, read_init_data
+from vmctl.boinc.job import JobError, find_job_file, load_job
+from vmctl.boinc.shm import SharedMemoryError, open_shared_memory
+from vmctl.boinc.slot import Slot
+
+__all__ = ["main"]
+
+log = logging.getLogger("vmctl.boinc")
+
+
+class _Formatter(logging.Formatter):
+    """``2025-01-31 12:00:00 (1234): message``, as BOINC's own apps write to stderr.txt."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s (%(process)d): %(message)s", "%Y-%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            stamp, _, rest = text.partition("): ")
+            text = f"{stamp}): {record.levelname}: {rest}"
+        return text
+
+
+def _not_a_pause_or_resume(record: logging.LogRecord) -> bool:
+    # vmctl logs every verb; the adapter logs suspends and resumes itself, at most one a minute
+    # (CPU throttling suspends and resumes a task several times a second).
+    return not (record.name == "vmctl" and record.msg in ("%s: pause", "%s: resume"))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Timestamped lines on stderr (the client appends the app's stderr to stderr.txt)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    if not verbose:
+        handler.addFilter(_not_a_pause_or_resume)
+    root = logging.getLogger("vmctl")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+    if not verbose:
+        logging.getLogger("vmctl.tools").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmctl-boinc",
+        description="Run a BOINC task's work in a VM (started by the BOINC client in the task's slot).",
+        allow_abbrev=False,  # a project's own options must never be taken for abbreviations of ours
+    )
+    p.add_argument("--reap", action="store_true", help="remove the VMs of tasks that no longer exist, then exit")
+    p.add_argument("--boinc-dir", type=Path, help="the BOINC data directory (for --reap; default: from the slot)")
+    p.add_argument("--slot", type=Path, help="the slot directory (default: the working directory)")
+    p.add_argument("--job", type=Path, help="the job file (default: vmctl_job.toml or vbox_job.xml in the slot)")
+    p.add_argument("--nthreads", type=float, help="virtual CPUs (overrides the job file, as for vboxwrapper)")
+    p.add_argument("--memory_size_mb", type=int, help="VM memory in MiB (overrides the job file)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _reap(args: argparse.Namespace) -> int:
+    boinc_dir = args.boinc_dir
+    if boinc_dir is None:
+        try:
+            boinc_dir = Path(read_init_data(args.slot or Path.cwd()).boinc_dir)
+        except InitDataError:
+            boinc_dir = Path.cwd()
+    reaped = reaper.reap(reaper.registry_dir(boinc_dir))
+    log.info(
+        "reaped %d VM(s) of vanished tasks under %s%s",
+        len(reaped),
+        boinc_dir,
+        f": {', '.join(reaped)}" if reaped else "",
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    slot = Slot(args.slot or Path.cwd())
+    try:
+        init = read_init_data(slot.path)
+    except InitDataError as exc:
+        log.error("%s", exc)
+        return EXIT_INIT_FAILURE
+    try:
+        job = load_job(args.job or find_job_file(slot.path))
+        job = job.with_overrides(
+            cpus=math.ceil(args.nthreads) if args.nthreads else None, memory_mib=args.memory_size_mb
+        )
+    except JobError as exc:
+        log.error("job file error: %s", exc)
+        return EXIT_INIT_FAILURE
+    try:
+        shm = open_shared_memory(slot.path, init.shm_key)
+    except SharedMemoryError as exc:
+        log.error("cannot talk to the BOINC client: %s", exc)
+        return EXIT_INIT_FAILURE
+    adapter = Adapter(slot, init, job, shm, cmdline_args=argv)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        adapter.request_quit(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        code = adapter.run()
+    finally:
+        shm.close()
+    log.info("vmctl-boinc exits with status %d", code)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vmctl-boinc`` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = _parser().parse_known_args(arguments)
+    setup_logging(args.verbose)
+    if unknown:
+        log.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
+    if args.reap:
+        return _reap(args)
+    return _run(args, arguments)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
