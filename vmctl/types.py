@@ -110,6 +110,20 @@ class PortForward:
         return "127.0.0.1"
 
 
+def _port_forward(value: object) -> PortForward:
+    if isinstance(value, PortForward):
+        return value
+    if not isinstance(value, Mapping):
+        raise InvalidSpec("port forward", f"{value!r} is not a PortForward or a mapping")
+    unknown = set(value) - {"host_port", "guest_port", "protocol"}
+    if unknown:
+        raise InvalidSpec("port forward", "unknown keys: " + ", ".join(sorted(map(str, unknown))))
+    try:
+        return PortForward(**dict(value))
+    except TypeError as exc:
+        raise InvalidSpec("port forward", str(exc)) from None
+
+
 @dataclass(frozen=True)
 class Network:
     """User-mode NAT networking: the guest reaches out, the host reaches in only via forwards."""
@@ -117,7 +131,9 @@ class Network:
     port_forwards: Sequence[PortForward] = ()
 
     def __post_init__(self) -> None:
-        forwards = tuple(pf if isinstance(pf, PortForward) else PortForward(**dict(pf)) for pf in self.port_forwards)
+        if isinstance(self.port_forwards, (str, bytes)) or not isinstance(self.port_forwards, Sequence):
+            raise InvalidSpec("port forwards", f"{self.port_forwards!r} is not a list")
+        forwards = tuple(_port_forward(pf) for pf in self.port_forwards)
         seen: set[tuple[int, str]] = set()
         for pf in forwards:
             key = (pf.host_port, pf.protocol)
@@ -234,14 +250,24 @@ class MachineSpec:
         values = dict(data)
         net = values.get("network")
         if isinstance(net, Mapping):
-            values["network"] = Network(port_forwards=[PortForward(**dict(pf)) for pf in net.get("port_forwards", [])])
+            unknown_net = set(net) - {"port_forwards"}
+            if unknown_net:
+                raise InvalidSpec("network", "unknown keys: " + ", ".join(sorted(map(str, unknown_net))))
+            values["network"] = Network(port_forwards=net.get("port_forwards", ()))
         elif net is True:
             values["network"] = Network()
         elif net is False:
             values["network"] = None
+        elif net is not None and not isinstance(net, Network):
+            raise InvalidSpec("network", f"{net!r} is not a table, true or false")
+        shared = values.get("shared_dirs")
+        if shared is not None and not isinstance(shared, Mapping):
+            raise InvalidSpec("shared_dirs", f"{shared!r} is not a table of tag = directory")
         try:
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidSpec):
+                raise
             raise InvalidSpec("spec", str(exc)) from None
 
 

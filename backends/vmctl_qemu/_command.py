@@ -40,6 +40,7 @@ def qemu_argv(
     serial_log: Path,
     incoming: bool = False,
     loadvm: str | None = None,
+    cpu_model: str | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
     argv = [
@@ -47,7 +48,6 @@ def qemu_argv(
         "-name", f"guest={opt(spec.name)}",
         "-machine", opt(machine_type),
         "-accel", accel,
-        "-cpu", "host" if accel == "kvm" else "max",
         "-m", str(spec.memory_mib),
         "-smp", str(spec.cpus),
         "-nodefaults", "-no-user-config",
@@ -59,6 +59,11 @@ def qemu_argv(
         "-chardev", f"file,id=serial0,path={opt(serial_log)},append=on",
         "-serial", "chardev:serial0",
     ]  # fmt: skip
+    # TCG emulates every feature of "max"; under KVM QEMU's own default model is the safe
+    # choice (nested KVM hosts reject some of "max"/"host"'s MSRs and QEMU aborts).
+    model = cpu_model or ("max" if accel == "tcg" else None)
+    if model:
+        argv += ["-cpu", opt(model)]
     if spec.kernel is not None:
         argv += ["-kernel", str(spec.kernel)]
         if spec.initrd is not None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmctl.errors import BackendUnavailable, InvalidSpec
+from vmctl.errors import BackendError, BackendUnavailable, InvalidSpec, VmctlError
 from vmctl.interface import Hypervisor, Machine
 from vmctl.store import MachineStore, default_state_dir
 from vmctl.tools import run_tool
@@ -27,7 +27,8 @@ class QemuHypervisor(Hypervisor):
     """Machines run by QEMU processes, recorded under ``state_dir``.
 
     Options: ``state_dir`` (default ``~/.local/state/vmctl/qemu``, or ``$VMCTL_STATE_DIR/qemu``),
-    ``accel`` (``auto``, ``kvm`` or ``tcg``), ``qemu_binary``, ``qemu_img``, ``machine_type``.
+    ``accel`` (``auto``, ``kvm`` or ``tcg``), ``qemu_binary``, ``qemu_img``, ``machine_type``,
+    ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM).
     Any process opening the same ``state_dir`` sees and controls the same machines.
     """
 
@@ -40,6 +41,7 @@ class QemuHypervisor(Hypervisor):
         qemu_binary: str = "qemu-system-x86_64",
         qemu_img: str = "qemu-img",
         machine_type: str = "q35",
+        cpu_model: str | None = None,
     ) -> None:
         if accel not in ACCELS:
             raise InvalidSpec("accel", f"{accel!r} is not one of {', '.join(ACCELS)}")
@@ -50,8 +52,20 @@ class QemuHypervisor(Hypervisor):
         self.qemu_binary = qemu_binary
         self.qemu_img = qemu_img
         self.machine_type = machine_type
+        self.cpu_model = cpu_model
         self.store = MachineStore(Path(state_dir) if state_dir is not None else default_state_dir("qemu"), "qemu")
         self.store.sweep()
+        self._sweep_deleted()
+
+    def _sweep_deleted(self) -> None:
+        """Finish deletions that a killed process left half done: ``.NAME.deleting-*/m`` holds a
+        destroyed machine's overlay, snapshots and saved state. Any process may finish them (the
+        deleting one may still be at it: both delete, neither minds); an empty one may be a
+        deletion about to move its machine in, so it is left to the store's age-based sweep."""
+        for grave in self.store.root.glob(".*.deleting-*"):
+            if (grave / "m").exists():
+                log.info("removing %s, left by a destroy that did not finish", grave)
+                shutil.rmtree(grave, ignore_errors=True)
 
     @property
     def state_dir(self) -> Path:
@@ -79,8 +93,6 @@ class QemuHypervisor(Hypervisor):
         return fmt
 
     def _do_create(self, spec: MachineSpec) -> Machine:
-        from ._machine import QemuMachine
-
         record: dict[str, Any] = {
             "spec": spec.to_dict(),
             "created": time.time(),
@@ -88,6 +100,17 @@ class QemuHypervisor(Hypervisor):
             "run_id": None,
             "notes": {},
         }
+        try:
+            return self._create(spec, record)
+        except VmctlError:
+            raise
+        except OSError as exc:  # a full or read-only state directory
+            path = str(exc.filename) if exc.filename is not None else None
+            raise BackendError(f"cannot create machine {spec.name!r}: {exc}", command=path) from exc
+
+    def _create(self, spec: MachineSpec, record: dict[str, Any]) -> Machine:
+        from ._machine import QemuMachine
+
         with self.store.creating(spec.name) as directory:
             if spec.disk is not None:
                 base_format = self.image_format(spec.disk)

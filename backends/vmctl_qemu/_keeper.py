@@ -1,6 +1,6 @@
 """The keeper: a tiny parent process for one QEMU run.
 
-``python -m vmctl_qemu._keeper VMDIR RUN_ID -- QEMU ARGV...`` starts QEMU (cwd = VMDIR), records
+``python .../vmctl_qemu/_keeper.py VMDIR RUN_ID -- QEMU ARGV...`` starts QEMU (cwd = VMDIR), records
 its pid and start time in ``run.json``, waits for it, and records its exit status in
 ``exit.json``. Without a parent that outlives the vmctl process that started the VM, nobody could
 tell a guest that powered itself off (exit 0) from a QEMU that died (a signal or error status).
@@ -8,6 +8,7 @@ tell a guest that powered itself off (exit 0) from a QEMU that died (a signal or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,13 +17,32 @@ import sys
 import time
 from pathlib import Path
 
-from vmctl.store import atomic_write
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """vmctl.store.atomic_write without importing vmctl: the keeper starts before every QEMU
+    and stays for its whole run, so it imports as little as it can."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def main(argv: list[str]) -> int:
     vmdir, run_id, sep, *qemu = argv
     if sep != "--" or not qemu:
-        print("usage: python -m vmctl_qemu._keeper VMDIR RUN_ID -- QEMU...", file=sys.stderr)
+        print("usage: _keeper.py VMDIR RUN_ID -- QEMU...", file=sys.stderr)
         return 2
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)

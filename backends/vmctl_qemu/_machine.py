@@ -6,14 +6,24 @@ Files in the machine's directory:
 - ``disk.qcow2``: the copy-on-write overlay over the base image (snapshots live inside it)
 - ``qmp.sock`` / ``state.sock``: QMP monitors for commands (under the lock) and for queries
 - ``run.json`` / ``exit.json``: written by the keeper: QEMU's pid, then its exit status
-- ``state.bin``: the saved machine state while SUSPENDED
+- ``state.bin``: the saved machine state while SUSPENDED (``state.bin.tmp`` while it is written)
 - ``qemu.log``: QEMU's stderr, kept after a crash; ``console.log``: the serial console
   when the spec names no ``serial_log``
+
+Any process may be killed at any point of a verb. Every verb therefore begins, under the machine's
+lock, by settling what a killed process left behind (:meth:`QemuMachine._settle`): it finishes an
+interrupted suspend whose state was saved, drops a leftover QEMU of an interrupted suspend or
+restore (the saved state stays authoritative), adopts a QEMU whose launcher died, quits a QEMU left
+powered down by an interrupted graceful restart, and deletes partial and stale files. State queries
+do the same when they notice such a leftover and the lock is free; while another process holds the
+lock they report the state that process is moving from or through (never a false CRASHED).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import functools
 import json
 import logging
 import os
@@ -23,14 +33,15 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
-from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported
+from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError
 from vmctl.interface import ALLOWED_FROM, Machine
+from vmctl.store import LOCK, RECORD, atomic_write
 from vmctl.tools import run_tool
 from vmctl.types import MachineSpec, Snapshot, State, Usage
 from vmctl.usage import pid_alive, process_tree_usage
@@ -44,6 +55,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmctl.qemu")
 
 SAVED_STATE = "state.bin"
+PARTIAL_STATE = SAVED_STATE + ".tmp"
+#: run as a script (not with -m): importing the vmctl_qemu package would add 40 ms to every start
+KEEPER_SCRIPT = str(Path(__file__).resolve().with_name("_keeper.py"))
+# query-migrate states of a migration that is still going on
+_MIGRATING = ("setup", "active", "device", "pre-switchover", "wait-unplug", "cancelling", "postcopy-active")
 _RUNSTATES = {
     "running": State.RUNNING,
     "shutdown": State.RUNNING,  # only between power-off and reset during a graceful restart
@@ -61,7 +77,39 @@ _RUNSTATES = {
     "internal-error": State.CRASHED,
     "guest-panicked": State.CRASHED,
 }
+# QEMU looks a snapshot tag up as a snapshot ID first ("2" finds the snapshot with ID 2, whatever
+# its name), so all-digit names are stored under this prefix; "#" is never part of a vmctl name.
+_NUMERIC_TAG = "vmctl#"
 _MIGRATION_BANDWIDTH = 1 << 34  # bytes/s: a stopped VM's state is written as fast as the disk takes it
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _typed_os_errors(method: Callable[Concatenate[QemuMachine, _P], _R]) -> Callable[Concatenate[QemuMachine, _P], _R]:
+    """Report a failing file operation (a full disk, a permission) as BackendError, not OSError."""
+
+    def wrapper(self: QemuMachine, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except VmctlError:  # OperationTimeout is an OSError (TimeoutError) too
+            raise
+        except OSError as exc:
+            what = method.__name__.lstrip("_").removeprefix("do_")
+            path = str(exc.filename) if exc.filename is not None else None
+            raise BackendError(f"{self.name}: {what} failed: {exc}", command=path) from exc
+
+    return functools.update_wrapper(wrapper, method)
+
+
+def snapshot_tag(name: str) -> str:
+    """The qcow2 tag under which snapshot ``name`` is stored."""
+    return _NUMERIC_TAG + name if name.isdigit() else name
+
+
+def snapshot_name(tag: str) -> str:
+    return tag.removeprefix(_NUMERIC_TAG)
 
 
 class QemuMachine(Machine):
@@ -83,6 +131,28 @@ class QemuMachine(Machine):
     def _locked(self, timeout: float = 600) -> Iterator[None]:
         with self.hypervisor.store.locked(self.name, timeout):
             yield
+
+    def _lock_busy(self) -> bool:
+        """True while some process (this one included) holds the machine's lock."""
+        try:
+            fd = os.open(self.dir / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _settle_if_idle(self) -> State | None:
+        """Settle leftovers now if no verb is in progress; None if one is (it will settle them)."""
+        try:
+            with self._locked(timeout=0):
+                return self._settle()
+        except OperationTimeout:
+            return None
 
     def _read_json(self, filename: str) -> dict[str, Any] | None:
         try:
@@ -140,14 +210,26 @@ class QemuMachine(Machine):
     def _get_state(self) -> State:
         rec = self._record()
         proc = self._process(rec)
-        if proc is not None:
-            try:
-                return _RUNSTATES.get(self._query_status(), State.UNKNOWN)
-            except (BackendError, OperationTimeout):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    return State.UNKNOWN
-                rec = self._record()
-        return self._offline_state(rec)
+        if proc is None:
+            return self._offline_state(rec)
+        if rec.get("status") in ("suspended", "stopped"):
+            # a restore, suspend or poweroff in progress, or a QEMU left by an interrupted one:
+            # the saved state (or the power-off) is what counts
+            settled = self._settle_if_idle() if not self._lock_busy() else None
+            if settled is not None or rec.get("status") == "suspended":
+                return settled or self._offline_state(rec)
+        try:
+            runstate = self._query_status()
+        except (BackendError, OperationTimeout):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                return State.UNKNOWN
+            return self._offline_state(self._record())
+        if runstate in ("shutdown", "postmigrate"):
+            # mid-reboot or mid-suspend if a verb holds the lock; else left so by a killed process
+            settled = self._settle_if_idle() if not self._lock_busy() else None
+            if settled is not None:
+                return settled
+        return _RUNSTATES.get(runstate, State.UNKNOWN)
 
     def _offline_state(self, rec: dict[str, Any]) -> State:
         status = rec.get("status")
@@ -155,9 +237,13 @@ class QemuMachine(Machine):
             return State.STOPPED
         if status == "suspended":
             return State.SUSPENDED if (self.dir / SAVED_STATE).is_file() else State.CRASHED
-        ended = self._exit_record(rec.get("run_id"))
-        if ended and ended.get("status") == 0:
-            return State.STOPPED  # the guest powered itself off
+        run_id = rec.get("run_id")
+        ended = self._exit_record(run_id)
+        if ended:
+            return State.STOPPED if ended.get("status") == 0 else State.CRASHED  # 0: the guest powered off
+        run = self._read_json("run.json")
+        if not (run and run.get("run_id") == run_id) and (self._lock_busy() or self._orphan_keeper(run_id)):
+            return State.UNKNOWN  # being launched: its keeper has not started QEMU yet
         return State.CRASHED
 
     def _exit_record(self, run_id: str | None, grace: float = 3.0) -> dict[str, Any] | None:
@@ -173,17 +259,141 @@ class QemuMachine(Machine):
                 return None
             time.sleep(0.01)
 
+    def _orphan_keeper(self, run_id: str | None) -> psutil.Process | None:
+        """A keeper of ``run_id`` whose launcher died before it recorded QEMU's pid."""
+        if not run_id:
+            return None
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = proc.info["cmdline"] or []
+            if KEEPER_SCRIPT in cmd and run_id in cmd and str(self.dir) in cmd:
+                return proc
+        return None
+
     def _get_pid(self) -> int | None:
-        proc = self._process(self._record())
+        rec = self._record()
+        if rec.get("status") == "suspended":
+            return None  # a restore in progress, or a leftover that the next verb ends
+        proc = self._process(rec)
         return proc.pid if proc is not None else None
 
-    def _recheck(self, verb: str) -> State:
-        """Inside the lock: the state may have changed since the unlocked check."""
-        state = self._get_state()
+    def _recheck(self, verb: str, timeout: float = 300) -> State:
+        """Inside the lock: settle leftovers, then check the state again (it may have changed)."""
+        state = self._settle(timeout)
         if state not in ALLOWED_FROM[verb]:
             raise InvalidState(self.name, verb, state, ALLOWED_FROM[verb])
         return state
 
+    # -- recovery ----------------------------------------------------------------------------
+    @_typed_os_errors
+    def _settle(self, timeout: float = 300) -> State:
+        """Under the lock: finish or undo what a process killed in the middle of a verb left
+        behind, then return the machine's state. Cheap when there is nothing to do."""
+        for junk in self.dir.glob(f".{RECORD}.*.tmp"):  # atomic_write's temp files (written under this lock)
+            junk.unlink(missing_ok=True)
+        rec = self._record()
+        saved, partial = self.dir / SAVED_STATE, self.dir / PARTIAL_STATE
+        proc = self._process(rec)
+        if proc is None and rec.get("status") == "running" and self._adopt_orphan(rec, timeout):
+            proc = self._process(rec)
+        if proc is None:
+            partial.unlink(missing_ok=True)
+            if rec.get("status") != "suspended":
+                saved.unlink(missing_ok=True)
+            if rec.get("reboot_run"):
+                rec = self._update(reboot_run=None)
+            return self._offline_state(rec)
+        if rec.get("status") in ("suspended", "stopped"):
+            # the leftover QEMU of an interrupted suspend (after the save), restore (before it
+            # completed) or poweroff: it has not run the guest since the state was saved, or was
+            # being powered off; finish the job
+            log.warning("%s: ending the QEMU left by an interrupted %s", self.name, rec["status"])
+            self._terminate(30)
+            partial.unlink(missing_ok=True)
+            if rec.get("status") == "stopped":
+                saved.unlink(missing_ok=True)
+            return self._offline_state(self._record())
+        try:
+            runstate = self._query_status()
+        except (BackendError, OperationTimeout):
+            return State.UNKNOWN if proc.is_running() else self._offline_state(self._record())
+        if runstate == "shutdown":
+            # the guest powered off during a graceful restart whose process died before the reset
+            log.warning("%s: guest powered off during an interrupted restart; ending QEMU", self.name)
+            self._update(status="stopped", reboot_run=None)
+            self._terminate(30)
+            partial.unlink(missing_ok=True)
+            saved.unlink(missing_ok=True)
+            return State.STOPPED
+        if rec.get("reboot_run"):
+            with self._monitor() as s:
+                s.execute("set-action", {"shutdown": "poweroff"})
+            self._update(reboot_run=None)
+        if partial.exists() or runstate == "postmigrate":
+            finished = self._finish_suspend(runstate, timeout)
+            if finished is not None:
+                return finished
+        elif saved.exists():
+            saved.unlink()  # a running machine's saved state is stale (an interrupted restore's)
+        return _RUNSTATES.get(runstate, State.UNKNOWN)
+
+    def _adopt_orphan(self, rec: dict[str, Any], timeout: float) -> bool:
+        """The launcher of the recorded run died before its keeper recorded QEMU: wait for the
+        keeper to start QEMU (True) or to give up; record a run that never started as ended."""
+        run_id = rec.get("run_id")
+        run = self._read_json("run.json")
+        if (run and run.get("run_id") == run_id) or self._exit_record(run_id, grace=0):
+            return False
+        keeper = self._orphan_keeper(run_id)
+        deadline = time.monotonic() + min(timeout, 30)
+        pauses = _qmp.backoff()
+        while keeper is not None and keeper.is_running() and time.monotonic() < deadline:
+            run = self._read_json("run.json")
+            if run and run.get("run_id") == run_id:
+                log.warning("%s: adopting the QEMU started for a launcher that died", self.name)
+                self._wait_qmp(time.monotonic() + 10)
+                return True
+            time.sleep(next(pauses))
+        if keeper is not None and keeper.is_running():
+            keeper.kill()
+        atomic_write(self.dir / "exit.json", json.dumps({"run_id": run_id, "status": None}).encode())
+        return False
+
+    def _wait_qmp(self, deadline: float) -> None:
+        pauses = _qmp.backoff()
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BackendError, OperationTimeout):
+                self._query_status(timeout=2)
+                return
+            time.sleep(next(pauses))
+
+    def _finish_suspend(self, runstate: str, timeout: float) -> State | None:
+        """A suspend was interrupted: finish it if QEMU saved the whole state, else discard the
+        partial file. Returns SUSPENDED when finished, None when the machine stays as it is."""
+        saved, partial = self.dir / SAVED_STATE, self.dir / PARTIAL_STATE
+        deadline = time.monotonic() + timeout
+        pauses = _qmp.backoff()
+        with self._monitor() as s:
+            while (status := s.execute("query-migrate").get("status")) in _MIGRATING:
+                if time.monotonic() > deadline:
+                    s.execute("migrate_cancel")
+                    raise OperationTimeout(f"the interrupted state save of {self.name!r}", timeout)
+                time.sleep(next(pauses))
+            runstate = s.execute("query-status")["status"]
+        if status == "completed" and runstate == "postmigrate":
+            if partial.exists():
+                with open(partial, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(partial, saved)
+            if saved.is_file():
+                log.warning("%s: finishing an interrupted suspend (its state was saved)", self.name)
+                self._update(status="suspended")
+                self._terminate(30)
+                return State.SUSPENDED
+        partial.unlink(missing_ok=True)
+        saved.unlink(missing_ok=True)
+        return None
+
+    # -- launching and ending QEMU -----------------------------------------------------------
     def _launch(
         self, rec: dict[str, Any], timeout: float, *, incoming: bool = False, loadvm: str | None = None
     ) -> None:
@@ -202,16 +412,19 @@ class QemuMachine(Machine):
             serial_log=self.serial_log,
             incoming=incoming,
             loadvm=loadvm,
+            cpu_model=hv.cpu_model,
         )
         run_id = uuid.uuid4().hex
         previous = {"status": rec.get("status"), "run_id": rec.get("run_id")}
-        self._update(status="running", run_id=run_id)
+        # a restore stays "suspended" until the saved state is loaded: if this process dies
+        # before that, the saved state is still the machine's state
+        self._update(status="suspended" if incoming else "running", run_id=run_id)
         log.debug("%s: %s", self.name, argv)
         with open(self.dir / "qemu.log", "ab") as err:
             err.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id}: {' '.join(argv)}\n".encode())
             err.flush()
             keeper = subprocess.Popen(
-                [sys.executable, "-m", "vmctl_qemu._keeper", str(self.dir), run_id, "--", *argv],
+                [sys.executable, KEEPER_SCRIPT, str(self.dir), run_id, "--", *argv],
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -220,6 +433,7 @@ class QemuMachine(Machine):
             )
         threading.Thread(target=keeper.wait, name=f"vmctl-reap-{keeper.pid}", daemon=True).start()
         deadline = time.monotonic() + timeout
+        pauses = _qmp.backoff()
         while True:
             ended = self._read_json("exit.json")
             if keeper.poll() is not None or (ended and ended.get("run_id") == run_id):
@@ -238,7 +452,7 @@ class QemuMachine(Machine):
                 self._kill_run(run)
                 self._update(**previous)
                 raise OperationTimeout(f"starting QEMU for {self.name!r}", timeout)
-            time.sleep(0.02)
+            time.sleep(next(pauses))
 
     def _kill_run(self, run: dict[str, Any] | None) -> None:
         if run:
@@ -246,10 +460,19 @@ class QemuMachine(Machine):
                 os.kill(int(run["qemu_pid"]), signal.SIGKILL)
 
     def _terminate(self, timeout: float) -> None:
-        """End the QEMU process: QMP quit, then SIGKILL at the deadline. Caller holds the lock."""
+        """End the QEMU process: QMP quit, then SIGKILL at the deadline; then wait for its keeper
+        to record the exit and end too, so that no process of the machine outlives the verb.
+        Caller holds the lock."""
         proc = self._process(self._record())
         if proc is None:
             return
+        run = self._read_json("run.json") or {}
+        self._end_qemu(proc, timeout)
+        deadline = time.monotonic() + 10
+        while pid_alive(run.get("keeper_pid")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _end_qemu(self, proc: psutil.Process, timeout: float) -> None:
         with contextlib.suppress(BackendError, OperationTimeout):
             with _qmp.session(self.dir / QMP_SOCKET, 5) as s:
                 s.execute("quit", timeout=5)
@@ -267,9 +490,10 @@ class QemuMachine(Machine):
         return _qmp.session(self.dir / QMP_SOCKET, timeout)
 
     # -- verbs -------------------------------------------------------------------------------
+    @_typed_os_errors
     def _do_start(self, timeout: float) -> None:
         with self._locked(timeout):
-            state = self._recheck("start")
+            state = self._recheck("start", timeout)
             rec = self._record()
             if state is State.SUSPENDED:
                 self._launch(rec, timeout, incoming=True)
@@ -280,6 +504,7 @@ class QemuMachine(Machine):
     def _restore(self, timeout: float) -> None:
         saved = self.dir / SAVED_STATE
         deadline = time.monotonic() + timeout
+        pauses = _qmp.backoff()
         try:
             with open(saved, "rb") as f, self._monitor() as s:
                 s.send_fd(f.fileno(), "vmctl-restore")
@@ -287,34 +512,38 @@ class QemuMachine(Machine):
                 while (status := s.execute("query-status")["status"]) == "inmigrate":
                     if time.monotonic() > deadline:
                         raise OperationTimeout(f"restoring {self.name!r}", timeout)
-                    time.sleep(0.02)
+                    time.sleep(next(pauses))
                 if status not in ("paused", "running", "postmigrate"):
                     raise BackendError(f"restoring {self.name!r} left QEMU {status}: {self.hypervisor_log(800)}")
-                if status != "running":
-                    s.execute("cont")
         except BaseException:
-            self._update(status="suspended")
-            self._terminate(10)
+            self._terminate(10)  # the record still says suspended: the saved state is kept
             raise
+        # the state is loaded (QEMU has not run the guest yet): from here the machine is running
+        self._update(status="running")
         saved.unlink()
+        if status != "running":
+            with self._monitor() as s:
+                s.execute("cont")
 
+    @_typed_os_errors
     def _do_pause(self, timeout: float) -> None:
         with self._locked(timeout):
-            self._recheck("pause")
+            self._recheck("pause", timeout)
             with self._monitor(timeout) as s:
                 s.execute("stop", timeout=timeout)
 
+    @_typed_os_errors
     def _do_resume(self, timeout: float) -> None:
         with self._locked(timeout):
-            if self._get_state() is not State.PAUSED:
-                self._recheck("resume")
+            self._recheck("resume", timeout)
             with self._monitor(timeout) as s:
                 s.execute("cont", timeout=timeout)
 
+    @_typed_os_errors
     def _do_suspend(self, timeout: float) -> None:
         with self._locked(timeout):
-            state = self._recheck("suspend")
-            tmp = self.dir / (SAVED_STATE + ".tmp")
+            state = self._recheck("suspend", timeout)
+            tmp = self.dir / PARTIAL_STATE
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 with self._monitor(timeout) as s:
@@ -341,6 +570,7 @@ class QemuMachine(Machine):
 
     def _wait_migration(self, s: _qmp.QmpSession, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        pauses = _qmp.backoff()
         while True:
             info = s.execute("query-migrate")
             status = info.get("status")
@@ -355,52 +585,82 @@ class QemuMachine(Machine):
                 with contextlib.suppress(BackendError):
                     s.execute("migrate_cancel")
                 raise OperationTimeout(f"saving the state of {self.name!r}", timeout)
-            time.sleep(0.02)
+            time.sleep(next(pauses))
 
+    @_typed_os_errors
     def _do_request_shutdown(self) -> None:
         with self._locked(30):
+            if self._settle(30) not in (State.RUNNING, State.PAUSED):
+                return  # it went down meanwhile
             with self._monitor() as s:
                 s.execute("system_powerdown")
 
+    def _discard_run_files(self) -> None:
+        for name in (SAVED_STATE, PARTIAL_STATE):
+            (self.dir / name).unlink(missing_ok=True)
+        for junk in self.dir.glob(f".{RECORD}.*.tmp"):
+            junk.unlink(missing_ok=True)
+
+    @_typed_os_errors
     def _do_poweroff(self, timeout: float) -> None:
         with self._locked(timeout):
-            self._update(status="stopped")
+            try:
+                self._update(status="stopped", reboot_run=None)
+            except OSError as exc:
+                # a full disk must not keep a machine running: end it, then report
+                self._terminate(timeout)
+                self._discard_run_files()
+                raise BackendError(
+                    f"{self.name}: powered off, but the record could not be written ({exc}); "
+                    "it shows as crashed until it is started or destroyed",
+                    command=exc.filename,
+                ) from exc
             self._terminate(timeout)
-            (self.dir / SAVED_STATE).unlink(missing_ok=True)
+            self._discard_run_files()
 
     def _cont_after_reset(self, s: _qmp.QmpSession, timeout: float) -> None:
         """Resume once QEMU has processed a reset (``cont`` is refused until then)."""
         deadline = time.monotonic() + timeout
+        pauses = _qmp.backoff()
         while s.execute("query-status")["status"] != "running":
             try:
                 s.execute("cont")
             except BackendError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.02)
+                time.sleep(next(pauses))
 
+    @_typed_os_errors
     def _do_reset(self, timeout: float) -> None:
-        with self._locked(timeout), self._monitor(timeout) as s:
-            s.execute("system_reset")
-            self._cont_after_reset(s, timeout)
-
-    def _do_reboot(self, timeout: float) -> bool:
-        # A graceful reboot as libvirt does it: let the guest shut down in response to the
-        # power button, keep QEMU alive in the "shutdown" run state, then reset and continue.
-        deadline = time.monotonic() + timeout
-        with self._locked(timeout), self._monitor(timeout) as s:
-            s.execute("set-action", {"shutdown": "pause"})
-            try:
-                s.execute("system_powerdown")
-                while s.execute("query-status")["status"] != "shutdown":
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.05)
+        with self._locked(timeout):
+            self._recheck("restart", timeout)
+            with self._monitor(timeout) as s:
                 s.execute("system_reset")
-                self._cont_after_reset(s, 30)
-                return True
-            finally:
-                s.execute("set-action", {"shutdown": "poweroff"})
+                self._cont_after_reset(s, timeout)
+
+    @_typed_os_errors
+    def _do_reboot(self, timeout: float) -> bool:
+        # A graceful reboot as libvirt does it: let the guest shut down in response to the power
+        # button, keep QEMU alive in the "shutdown" run state, then reset and continue. The record
+        # notes the reboot so that the next verb restores the shutdown action if this process dies.
+        deadline = time.monotonic() + timeout
+        with self._locked(timeout):
+            self._recheck("restart", timeout)
+            self._update(reboot_run=self._record().get("run_id"))
+            with self._monitor(timeout) as s:
+                s.execute("set-action", {"shutdown": "pause"})
+                try:
+                    s.execute("system_powerdown")
+                    while s.execute("query-status")["status"] != "shutdown":
+                        if time.monotonic() > deadline:
+                            return False
+                        time.sleep(0.05)
+                    s.execute("system_reset")
+                    self._cont_after_reset(s, 30)
+                    return True
+                finally:
+                    s.execute("set-action", {"shutdown": "poweroff"})
+                    self._update(reboot_run=None)
 
     # -- snapshots ---------------------------------------------------------------------------
     def _snapshot_disk(self, rec: dict[str, Any]) -> Path:
@@ -409,18 +669,19 @@ class QemuMachine(Machine):
             raise Unsupported("qemu", "snapshots", "the machine needs a qcow2 disk (use overlay=True)")
         return disk
 
+    @_typed_os_errors
     def _do_snapshot(self, name: str, description: str, timeout: float) -> Snapshot:
         with self._locked(timeout):
-            state = self._recheck("snapshot")
+            state = self._recheck("snapshot", timeout)
             rec = self._record()
             disk = self._snapshot_disk(rec)
             if state is State.STOPPED:
-                run_tool([self.hypervisor.qemu_img, "snapshot", "-c", name, str(disk)], timeout=timeout)
+                run_tool([self.hypervisor.qemu_img, "snapshot", "-c", snapshot_tag(name), str(disk)], timeout=timeout)
             else:
                 job = f"save-{uuid.uuid4().hex[:8]}"
                 with self._monitor(timeout) as s:
-                    args = {"job-id": job, "tag": name, "vmstate": DISK_NODE, "devices": [DISK_NODE]}
-                    s.execute("snapshot-save", args)
+                    args = {"job-id": job, "tag": snapshot_tag(name), "vmstate": DISK_NODE, "devices": [DISK_NODE]}
+                    s.execute("snapshot-save", args, timeout=timeout)
                     s.wait_job(job, timeout)
             notes = dict(rec.get("notes", {}))
             notes[name] = description
@@ -439,55 +700,62 @@ class QemuMachine(Machine):
         result = []
         parent = None
         for item in raw:
-            name = item["name"]
+            name = snapshot_name(item["name"])
             created = item.get("date-sec", 0) + item.get("date-nsec", 0) / 1e9
             has_memory = item.get("vm-state-size", 0) > 0
             result.append(Snapshot(name, created, has_memory, notes.get(name, ""), parent))
             parent = name
         return result
 
+    @_typed_os_errors
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
         with self._locked(timeout):
+            self._recheck("revert", timeout)
             rec = self._record()
             disk = self._snapshot_disk(rec)
             alive = self._process(rec) is not None
             if snapshot.has_memory and alive:
                 job = f"load-{uuid.uuid4().hex[:8]}"
                 with self._monitor(timeout) as s:
-                    args = {"job-id": job, "tag": snapshot.name, "vmstate": DISK_NODE, "devices": [DISK_NODE]}
-                    s.execute("snapshot-load", args)
+                    tag = snapshot_tag(snapshot.name)
+                    args = {"job-id": job, "tag": tag, "vmstate": DISK_NODE, "devices": [DISK_NODE]}
+                    s.execute("snapshot-load", args, timeout=timeout)
                     s.wait_job(job, timeout)
                     if s.execute("query-status")["status"] != "running":
                         s.execute("cont")
                 return
+            rec = self._update(status="stopped")  # before the saved state goes: never SUSPENDED without it
             if alive:
-                self._update(status="stopped")
                 self._terminate(timeout)
-            (self.dir / SAVED_STATE).unlink(missing_ok=True)
+            self._discard_run_files()
             if snapshot.has_memory:
-                self._launch(self._update(status="stopped"), timeout, loadvm=snapshot.name)
+                self._launch(rec, timeout, loadvm=snapshot_tag(snapshot.name))
             else:
-                run_tool([self.hypervisor.qemu_img, "snapshot", "-a", snapshot.name, str(disk)], timeout=timeout)
-                self._update(status="stopped")
+                tag = snapshot_tag(snapshot.name)
+                run_tool([self.hypervisor.qemu_img, "snapshot", "-a", tag, str(disk)], timeout=timeout)
 
+    @_typed_os_errors
     def _do_delete_snapshot(self, name: str, timeout: float) -> None:
         with self._locked(timeout):
+            self._recheck("delete_snapshot", timeout)
             rec = self._record()
             disk = self._snapshot_disk(rec)
             if self._process(rec) is not None:
                 job = f"delete-{uuid.uuid4().hex[:8]}"
                 with self._monitor(timeout) as s:
-                    s.execute("snapshot-delete", {"job-id": job, "tag": name, "devices": [DISK_NODE]})
+                    args = {"job-id": job, "tag": snapshot_tag(name), "devices": [DISK_NODE]}
+                    s.execute("snapshot-delete", args, timeout=timeout)
                     s.wait_job(job, timeout)
             else:
-                run_tool([self.hypervisor.qemu_img, "snapshot", "-d", name, str(disk)], timeout=timeout)
+                run_tool([self.hypervisor.qemu_img, "snapshot", "-d", snapshot_tag(name), str(disk)], timeout=timeout)
             notes = dict(rec.get("notes", {}))
             notes.pop(name, None)
             self._update(notes=notes)
 
     # -- usage, network, destroy -------------------------------------------------------------
     def _do_usage(self) -> Usage:
-        proc = self._process(self._record())
+        rec = self._record()
+        proc = self._process(rec) if rec.get("status") != "suspended" else None
         if proc is None:
             return Usage(machine=self.name)
         try:
@@ -508,12 +776,17 @@ class QemuMachine(Machine):
             disk_write_bytes=write if write is not None else pu.write_bytes,
         )
 
+    @_typed_os_errors
     def _do_set_network(self, enabled: bool) -> None:
-        with self._locked(30), self._monitor() as s:
-            s.execute("set_link", {"name": NIC_NETDEV, "up": enabled})
+        with self._locked(30):
+            self._recheck("set_network", 30)
+            with self._monitor() as s:
+                s.execute("set_link", {"name": NIC_NETDEV, "up": enabled})
 
+    @_typed_os_errors
     def _do_destroy(self, timeout: float) -> None:
         with self._locked(timeout):
-            self._update(status="stopped")
+            with contextlib.suppress(OSError):  # a full disk: the directory goes anyway
+                self._update(status="stopped")
             self._terminate(timeout)
             self.hypervisor.store.remove(self.name)

@@ -27,6 +27,15 @@ logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its own logs duplica
 _UNIX_PATH_MAX = 100
 
 
+def backoff(first: float = 0.001, longest: float = 0.02) -> Iterator[float]:
+    """Pauses for polling QEMU: short at first (most jobs and migrations of an idle guest end
+    within milliseconds), doubling up to ``longest``."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, longest)
+
+
 @contextlib.contextmanager
 def _reachable(path: Path) -> Iterator[str]:
     """Yield a path to ``path`` short enough for AF_UNIX (108 bytes), via /proc/self/fd if needed."""
@@ -76,6 +85,7 @@ class QmpSession:
     def wait_job(self, job_id: str, timeout: float) -> None:
         """Wait for a QMP job to conclude, dismiss it, raise if it failed."""
         deadline = time.monotonic() + timeout
+        pauses = backoff()
         while True:
             jobs = {j["id"]: j for j in self.execute("query-jobs")}
             job = jobs.get(job_id)
@@ -90,7 +100,7 @@ class QmpSession:
                 with contextlib.suppress(BackendError):
                     self.execute("job-cancel", {"id": job_id})
                 raise OperationTimeout(f"QEMU job {job_id}", timeout)
-            time.sleep(0.02)
+            time.sleep(next(pauses))
 
 
 @contextlib.contextmanager
