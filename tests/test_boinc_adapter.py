@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -742,3 +743,37 @@ def test_reap_command(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# -- the guest's heartbeat file --------------------------------------------------------------------
+def _age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+def test_a_stale_guest_heartbeat_means_a_hung_vm(env: Env) -> None:
+    env.write_job('heartbeat_file = "alive"\nheartbeat_interval = 60')
+    adapter = started(env)
+    beat = env.shared() / "alive"
+    beat.write_text("")
+    assert env.run(adapter, 2) is None
+    _age(beat, 120)
+    assert env.run(adapter, 2) == 0
+    delay, reason, *_ = (env.slot / "boinc_temporary_exit").read_text().splitlines()
+    assert "heartbeat" in reason
+
+
+def test_a_suspended_task_is_not_taken_for_a_hung_guest(env: Env) -> None:
+    """A paused guest cannot touch its heartbeat file: neither the suspension nor the first
+    interval after the resume may count against it."""
+    env.write_job('heartbeat_file = "alive"\nheartbeat_interval = 60')
+    adapter = started(env)
+    beat = env.shared() / "alive"
+    beat.write_text("")
+    assert env.send(adapter, "<suspend/>") is None
+    _age(beat, 600)  # a long suspension, as measured by the file's age
+    assert env.run(adapter, 3) is None
+    assert env.send(adapter, "<resume/>") is None
+    assert env.run(adapter, 3) is None
+    assert env.vm().state is vmctl.State.RUNNING
+    assert not (env.slot / "boinc_temporary_exit").exists()

@@ -5,7 +5,9 @@
 ========================================  ========================================================
 client                                    VM
 ========================================  ========================================================
-``<suspend/>`` / ``<resume/>``            ``pause()`` / ``resume()`` (the VM stays in memory)
+``<suspend/>`` / ``<resume/>``            ``pause()`` / ``resume()`` (the VM stays in memory); a
+                                          backend without pause: ``suspend()`` to disk once the
+                                          task has stayed suspended for 10 s, ``start()`` back
 ``<quit/>`` (also preemption), SIGTERM    ``suspend()`` to disk, checkpoint reported, exit 0
 ``<abort/>``                              ``destroy()`` (overlay, saved state, snapshots), exit 194
 no heartbeat for 30 s, client pid gone    ``suspend()`` to disk, temporary exit
@@ -15,7 +17,9 @@ checkpoint period                         ``snapshot()``, recorded atomically, o
 
 and reports, every second, CPU time (the VM's process tree plus the task's earlier runs),
 fraction done and ``other_pid`` (the VM's host process). It uses only the public vmctl
-interface, so any backend works; tests inject a hypervisor factory and a clock.
+interface, so any backend works: what a backend cannot do (pause, snapshots, a console log in
+the slot) is read from its capabilities or its ``Unsupported`` answer and worked around as
+docs/boinc.md says. Tests inject a hypervisor factory and a clock.
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ SAVE_RETRY_TIME = 10.0
 SAVE_RETRY_PAUSE = 0.3
 CHECKPOINT_RETRY = 2.0
 """Seconds before retrying a checkpoint the hypervisor refused."""
+PARK_DELAY = 10.0
+"""A backend without pause: seconds a task must stay suspended before its VM's state is saved
+to disk. The client throttles CPU use with suspends of a second or a few (one per 1-9 s at a
+10-50 % limit); saving and restoring a VM that often would cost more than it saves."""
 TROUBLE_BASE_DELAY = 30.0
 TROUBLE_MAX_DELAY = 3600.0
 CONSOLE_LOG = "vm_console.log"
@@ -161,6 +169,11 @@ class Adapter:
 
         # what the client said
         self.suspended = False
+        #: wall time of the last resume: a guest cannot touch its heartbeat file while suspended
+        self._resumed_at: float | None = None
+        # a backend without pause: when to save a suspended task's VM to disk, and whether it is
+        self._park_at = math.inf
+        self.parked = False
         self.quit_requested: str | None = None
         self.network_suspended = False
         self._link: bool | None = None
@@ -419,9 +432,18 @@ class Adapter:
             "on" if spec.network else "off",
         )
         try:
-            vm = self.hv.create(spec)
+            try:
+                vm = self.hv.create(spec)
+            except vmctl.Unsupported as exc:
+                if spec.serial_log is None:
+                    raise
+                # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
+                vm = self.hv.create(replace(spec, serial_log=None))
+                log.warning("no %s: the backend cannot write the guest console to a file here (%s)", CONSOLE_LOG, exc)
         except vmctl.InvalidSpec as exc:
             raise _Fatal(f"the backend refused the VM: {exc}") from exc
+        except vmctl.Unsupported as exc:
+            raise _Fatal(f"the backend {self.job.backend} cannot run this job: {exc}") from exc
         except vmctl.MachineExists:
             vm = self.hv.machine(spec.name)
         except vmctl.VmctlError as exc:
@@ -466,9 +488,13 @@ class Adapter:
                     base = self._recover()
                 self._started(base)
             elif state is vmctl.State.CRASHED or (state is vmctl.State.STOPPED and self.state.booted):
-                if state is vmctl.State.STOPPED and self._guest_done():
+                # A VM whose state was saved to disk cannot have powered itself off: its saved
+                # state was discarded (by hand, or the hypervisor's), the guest's work is not done.
+                discarded = state is vmctl.State.STOPPED and self.state.saved_cpu_time is not None
+                if state is vmctl.State.STOPPED and not discarded and self._guest_done():
                     self._complete(None)
-                log.warning("the VM %s; continuing from the last checkpoint", _what_happened(state))
+                what = "lost its saved state" if discarded else _what_happened(state)
+                log.warning("the VM %s; continuing from the last checkpoint", what)
                 self._started(self._recover())
             elif state is vmctl.State.STOPPED:
                 log.info("booting the VM")
@@ -567,7 +593,16 @@ class Adapter:
         elif "<abort/>" in msg:
             self._abort()
         elif "<suspend/>" in msg:
+            was_suspended = self.suspended
             self._set_running(False)
+            if not vm.capabilities.pause:
+                if not was_suspended and not self.parked:
+                    self._park_at = self.clock() + PARK_DELAY
+                    self._log_cycle(
+                        f"suspended: the backend cannot pause; the VM's state goes to disk if the task "
+                        f"stays suspended for {PARK_DELAY:.0f} s"
+                    )
+                return
             try:
                 vm.pause()
                 self._log_cycle("suspended: the VM is paused in memory")
@@ -578,6 +613,13 @@ class Adapter:
                 log.warning("cannot pause the VM: %s", exc)
         elif "<resume/>" in msg:
             self._set_running(True)
+            if not vm.capabilities.pause:
+                self._park_at = math.inf
+                if self.parked:
+                    self._unpark()
+                else:
+                    self._log_cycle("resumed: the VM kept running")
+                return
             try:
                 vm.resume()
                 self._log_cycle("resumed: the VM runs again")
@@ -620,8 +662,50 @@ class Adapter:
             self.suspended = True
         elif running and self.suspended:
             self._running_since = now
+            self._resumed_at = time.time()
             self.suspended = False
             self._next_checkpoint = max(self._next_checkpoint, now + 1.0)
+
+    def _park(self) -> None:
+        """The task has stayed suspended and the backend cannot pause: save the VM to disk."""
+        vm = self._vm
+        cpu = self.cpu_now()
+        started = time.monotonic()
+        try:
+            vm.suspend(timeout=300)
+        except vmctl.Unsupported as exc:
+            log.warning("the backend can neither pause nor save the VM: it runs on while suspended (%s)", exc)
+            self._park_at = math.inf
+            return
+        except vmctl.VmctlError as exc:
+            log.warning("cannot save the suspended task's VM to disk (will retry): %s", exc)
+            self._park_at = self.clock() + CHECKPOINT_RETRY
+            return
+        self.parked = True
+        self._park_at = math.inf
+        self.state.saved_cpu_time = cpu
+        self.checkpoint_cpu = max(self.checkpoint_cpu, cpu)
+        self.state.process_pid = None
+        self._save_state()
+        self.pid = self._other_pid = None
+        log.info(
+            "the task is still suspended: the VM's state is saved to disk (%.1f s); CPU time %.1f s",
+            time.monotonic() - started,
+            cpu,
+        )
+
+    def _unpark(self) -> None:
+        """Restore the VM saved by :meth:`_park`."""
+        vm = self._vm
+        base = max(self.cpu_now(), self.state.saved_cpu_time or 0.0)
+        started = time.monotonic()
+        try:
+            vm.start(timeout=300)
+        except vmctl.VmctlError as exc:
+            raise _Trouble(f"restoring the VM's saved state after a suspend failed: {exc}") from exc
+        self.parked = False
+        self._started(base)
+        log.info("resumed: the VM's saved state is restored (%.1f s)", time.monotonic() - started)
 
     def _heartbeat(self, beat: str, now: float) -> None:
         self._last_heartbeat = now
@@ -665,9 +749,17 @@ class Adapter:
             return
         if state is vmctl.State.CRASHED:
             raise _Trouble("the VM crashed (its hypervisor process died)")
+        if self.parked and state is not vmctl.State.SUSPENDED:
+            self.parked = False
+            if state is vmctl.State.STOPPED:  # the guest cannot have done that while saved
+                raise _Trouble("the VM's saved state was discarded while the task was suspended")
+            log.warning("the VM saved while the task is suspended was started by someone else")
+            self._started(max(self.cpu_now(), self.state.saved_cpu_time or 0.0))
+            if self.suspended:
+                self._park_at = now + PARK_DELAY
         if state is vmctl.State.STOPPED:
             self._guest_powered_off()
-        if state is vmctl.State.SUSPENDED:
+        if state is vmctl.State.SUSPENDED and not self.parked:
             log.warning("the VM was saved to disk by someone else; restoring it")
             vm.start(timeout=300)
             self._started(self.cpu_now())
@@ -676,7 +768,10 @@ class Adapter:
             log.warning("the VM was paused by someone else; resuming it")
             vm.resume()
         elif state is vmctl.State.RUNNING and self.suspended:
-            vm.pause()
+            if vm.capabilities.pause:
+                vm.pause()
+            elif now >= self._park_at:
+                self._park()
         trigger = self._trigger(self.job.completion_trigger_file)
         if trigger is not None:
             self._complete(trigger)
@@ -843,12 +938,14 @@ class Adapter:
 
     def _check_guest_heartbeat(self) -> None:
         name, shared = self.job.heartbeat_file, self.shared_path
-        if name is None or shared is None:
+        if name is None or shared is None or self.suspended:
             return
         try:
             age = time.time() - (shared / name).stat().st_mtime
         except FileNotFoundError:
             age = self.elapsed() - self.init.starting_elapsed_time
+        if self._resumed_at is not None:
+            age = min(age, time.time() - self._resumed_at)
         if age > self.job.heartbeat_interval:
             self._save_vm(poweroff=True)
             raise _Trouble(f"the guest has not updated its heartbeat file {name} for {age:.0f} s: it seems hung")

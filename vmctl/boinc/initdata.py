@@ -16,6 +16,7 @@ The client rewrites the file before every start of the app and before sending
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -72,9 +73,12 @@ def _float(root: ET.Element, path: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise InitDataError(f"<{path}> is not a number: {raw!r}") from None
+    if not math.isfinite(value):
+        raise InitDataError(f"<{path}> is not a finite number: {raw!r}")
+    return value
 
 
 def _int(root: ET.Element, path: str) -> int | None:
@@ -83,7 +87,7 @@ def _int(root: ET.Element, path: str) -> int | None:
         return None
     try:
         return int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf, nan
         raise InitDataError(f"<{path}> is not an integer: {raw!r}") from None
 
 
@@ -113,7 +117,7 @@ def parse_init_data(text: str) -> InitData:
         port = _int(root, "proxy_info/http_server_port") or 80
         proxy = f"{_text(root, 'proxy_info/http_server_name')}:{port}"
     leave = _int(root, "global_preferences/leave_apps_in_memory")
-    limit = _text(root, "global_preferences/cpu_usage_limit")
+    limit = _float(root, "global_preferences/cpu_usage_limit", math.nan)
     return InitData(
         app_name=_text(root, "app_name") or "",
         wu_name=_text(root, "wu_name") or "",
@@ -135,7 +139,7 @@ def parse_init_data(text: str) -> InitData:
         computation_deadline=_float(root, "computation_deadline", 0.0),
         host_ncpus=_int(root, "host_info/p_ncpus"),
         host_memory_bytes=_float(root, "host_info/m_nbytes", 0.0) or None,
-        cpu_usage_limit=float(limit) if limit else None,
+        cpu_usage_limit=None if math.isnan(limit) else limit,
         leave_apps_in_memory=None if leave is None else bool(leave),
         http_proxy=proxy,
     )

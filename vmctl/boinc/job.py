@@ -387,7 +387,7 @@ def _xml_bool(el: ET.Element) -> bool:
         return False
     try:
         return int(float(text)) != 0
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf
         raise JobError(f"vbox_job.xml: <{el.tag}> must be empty or a number, not {text!r}") from None
 
 
