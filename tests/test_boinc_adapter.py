@@ -759,7 +759,7 @@ def test_a_stale_guest_heartbeat_means_a_hung_vm(env: Env) -> None:
     assert env.run(adapter, 2) is None
     _age(beat, 120)
     assert env.run(adapter, 2) == 0
-    delay, reason, *_ = (env.slot / "boinc_temporary_exit").read_text().splitlines()
+    _delay, reason, *_ = (env.slot / "boinc_temporary_exit").read_text().splitlines()
     assert "heartbeat" in reason
 
 
