@@ -23,7 +23,7 @@ from typing import Any
 from vmctl.errors import MachineExists, MachineNotFound, OperationTimeout, VmctlError
 from vmctl.types import validate_name
 
-__all__ = ["MachineStore", "atomic_write", "default_state_dir"]
+__all__ = ["MachineStore", "atomic_write", "default_state_dir", "flock_exclusive"]
 
 RECORD = "machine.json"
 LOCK = ".lock"
@@ -56,6 +56,19 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def flock_exclusive(fd: int, what: str, timeout: float) -> None:
+    """Take an exclusive ``flock`` on ``fd``, waiting at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise OperationTimeout(what, timeout) from None
+            time.sleep(0.02)
 
 
 class MachineStore:
@@ -127,15 +140,7 @@ class MachineStore:
         except FileNotFoundError:
             raise MachineNotFound(name, self.backend) from None
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise OperationTimeout(f"lock on machine {name!r}", timeout) from None
-                    time.sleep(0.02)
+            flock_exclusive(fd, f"lock on machine {name!r}", timeout)
             if not (directory / RECORD).is_file():
                 raise MachineNotFound(name, self.backend)
             yield directory

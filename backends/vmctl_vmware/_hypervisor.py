@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -14,9 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmctl.errors import BackendUnavailable, InvalidSpec, MachineExists, MachineNotFound, OperationTimeout, Unsupported
+from vmctl.errors import BackendUnavailable, InvalidSpec, MachineExists, MachineNotFound, Unsupported
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import MachineStore, atomic_write, default_state_dir
+from vmctl.store import MachineStore, atomic_write, default_state_dir, flock_exclusive
 from vmctl.types import Capabilities, MachineSpec
 
 from ._machine import QUERY_TIMEOUT, VmwareMachine, parse_count_list
@@ -146,15 +145,7 @@ class VmwareHypervisor(Hypervisor):
     def _flocked(self, path: Path, what: str, timeout: float = CLONE_TIMEOUT) -> Iterator[None]:
         fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise OperationTimeout(f"lock on {what}", timeout) from None
-                    time.sleep(0.02)
+            flock_exclusive(fd, f"lock on {what}", timeout)
             yield
         finally:
             os.close(fd)
