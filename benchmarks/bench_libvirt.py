@@ -1,160 +1,249 @@
 """vmctl's libvirt backend against the same calls made directly with libvirt-python.
 
-Part 1 drives one running TCG test guest on qemu:///system (libvirtd is started if needed) and
-times pause, resume, state and usage through vmctl and through libvirt-python, interleaved in
-one run, and prints median, p95 and the overhead ratio (vmctl median / raw median).
+    .venv/bin/python benchmarks/bench_libvirt.py [--quick] [--json PATH]
 
-Part 2 defines 1, 10 and 50 domains and times ``hv.usage_all()`` (one bulk statistics call)
-against asking each machine in turn, on the test driver (test:///default, in-process) and on the
-real daemon (a round trip per call over its socket).
-
-Run: ``.venv/bin/python benchmarks/bench_libvirt.py [--rounds N] [--skip-daemon]``
+1. Verb latency: one running TCG test guest per path on qemu:///system (libvirtd is started with
+   tests/services.py if it is not running). One is driven through vmctl, the other with
+   libvirt-python over one open connection; pause, resume, state and usage run on both, one after
+   the other, alternating which goes first, with median, p95 and the ratio of the medians.
+2. usage_all() of 1, 10 and 50 defined domains (one bulk statistics call) against the raw bulk
+   call (``getAllDomainStats``) and against asking each machine in turn through vmctl, on the test
+   driver (test:///default, in-process) and on the real daemon (a round trip per call).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import contextlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))  # for tests.services and the test guest helper
 
-import libvirt  # noqa: E402
+from benchlib import Report, ms, p95, parse_args, ratio, timed  # noqa: E402
+from benchlib import median as med  # noqa: E402
 
 import vmctl  # noqa: E402
 from vmctl.tools import run_tool  # noqa: E402
 
-STATS = (
-    libvirt.VIR_DOMAIN_STATS_STATE
-    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
-    | libvirt.VIR_DOMAIN_STATS_BALLOON
-    | libvirt.VIR_DOMAIN_STATS_INTERFACE
-    | libvirt.VIR_DOMAIN_STATS_BLOCK
-)
+BOOT_TIMEOUT = 120
 
 
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1000
+def stats_flags() -> int:
+    import libvirt
 
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-
-
-def row(label: str, ours: list[float], raw: list[float]) -> str:
-    m_ours, m_raw = statistics.median(ours), statistics.median(raw)
-    return (
-        f"| {label:<10} | {m_ours:9.3f} | {p95(ours):9.3f} | {m_raw:9.3f} | {p95(raw):9.3f} | {m_ours / m_raw:6.2f} |"
+    return int(
+        libvirt.VIR_DOMAIN_STATS_STATE
+        | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+        | libvirt.VIR_DOMAIN_STATS_BALLOON
+        | libvirt.VIR_DOMAIN_STATS_INTERFACE
+        | libvirt.VIR_DOMAIN_STATS_BLOCK
     )
 
 
-def header(first: str, a: str, b: str) -> list[str]:
-    return [
-        f"| {first:<10} | {a + ' med':>9} | {a + ' p95':>9} | {b + ' med':>9} | {b + ' p95':>9} | {'ratio':>6} |",
-        "|------------|-----------|-----------|-----------|-----------|--------|",
-    ]
+def wait_console(log: Path, text: bytes, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_bytes()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text!r} not in {log} after {timeout} s")
+        time.sleep(0.1)
 
 
-def bench_verbs(rounds: int) -> None:
-    from tests.contract.harness_libvirt import load_services, readable_test_guest
+# -- 1. verb latency -----------------------------------------------------------------------------
+def bench_verbs(report: Report, rounds: int) -> None:
+    import libvirt
 
-    load_services().ensure_libvirtd()
+    from tests.contract.harness_libvirt import readable_test_guest
+
     kernel, initrd, disk, cmdline = readable_test_guest()
     uri = "qemu:///system"
     hv = vmctl.connect("libvirt", uri=uri)
-    raw = libvirt.open(uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        name = f"bench-{int(time.time())}"
-        vm = hv.create(
-            vmctl.MachineSpec(
-                name=name, disk=disk, kernel=kernel, initrd=initrd, cmdline=cmdline, serial_log=Path(tmp) / "serial.log"
-            )
-        )
+    conn = libvirt.open(uri)
+    stats = stats_flags()
+    made: list[vmctl.Machine] = []
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="vmctl-bench-libvirt-") as tmp:
+        Path(tmp).chmod(0o755)
+        stamp = int(time.time()) % 100000
         try:
+            for who in ("vmctl", "raw"):
+                made.append(
+                    hv.create(
+                        vmctl.MachineSpec(
+                            name=f"bench-{who}-{stamp}",
+                            disk=disk,
+                            kernel=kernel,
+                            initrd=initrd,
+                            cmdline=cmdline,
+                            memory_mib=128,
+                            serial_log=Path(tmp) / f"{who}.log",
+                        )
+                    )
+                )
+            vm, other = made
             vm.start()
-            dom = raw.lookupByName(name)
-            results: dict[str, tuple[list[float], list[float]]] = {
-                k: ([], []) for k in ("pause", "resume", "state", "usage")
+            other.start()
+            dom = conn.lookupByName(other.name)
+            for who in ("vmctl", "raw"):
+                wait_console(Path(tmp) / f"{who}.log", b"VMCTL-GUEST READY", BOOT_TIMEOUT)
+            ours: dict[str, Callable[[], Any]] = {
+                "pause": vm.pause,
+                "resume": vm.resume,
+                "state": lambda: vm.state,
+                "usage": vm.usage,
             }
-            for _ in range(rounds):
-                results["pause"][0].append(timed(vm.pause))
-                results["resume"][0].append(timed(vm.resume))
-                results["pause"][1].append(timed(dom.suspend))
-                results["resume"][1].append(timed(dom.resume))
-                results["state"][0].append(timed(lambda: vm.state))
-                results["state"][1].append(timed(dom.state))
-                results["usage"][0].append(timed(vm.usage))
-                results["usage"][1].append(timed(lambda: raw.domainListGetStats([dom], STATS, 0)))
-            print(f"\nVerbs on {uri}, one running TCG guest, {rounds} rounds, milliseconds:\n")
-            print("\n".join(header("verb", "vmctl", "raw")))
-            for verb, (ours, theirs) in results.items():
-                print(row(verb, ours, theirs))
+            theirs: dict[str, Callable[[], Any]] = {
+                "pause": dom.suspend,
+                "resume": dom.resume,
+                "state": dom.state,
+                "usage": lambda: conn.domainListGetStats([dom], stats, 0),
+            }
+            for i in range(rounds):
+                for j, verb in enumerate(ours):
+                    steps = [("vmctl", ours[verb]), ("raw", theirs[verb])]
+                    for who, action in steps[:: 1 if (i + j) % 2 == 0 else -1]:
+                        samples.setdefault(f"{verb}/{who}", []).append(timed(action))
+            assert vm.state is vmctl.State.RUNNING and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         finally:
-            vm.destroy()
-            raw.close()
+            for machine in made:
+                with contextlib.suppress(vmctl.VmctlError):
+                    machine.destroy()
+            conn.close()
             hv.close()
+    table = report.table(
+        "Verb latency on qemu:///system: vmctl against libvirt-python (interleaved, ms)",
+        ["verb", "n", "vmctl median", "vmctl p95", "raw median", "raw p95", "ratio"],
+    )
+    for verb in ("pause", "resume", "state", "usage"):
+        a, b = samples[f"{verb}/vmctl"], samples[f"{verb}/raw"]
+        table.add(verb, len(a), ms(med(a)), ms(p95(a)), ms(med(b)), ms(p95(b)), ratio(med(a), med(b)))
+    table.note(
+        f"libvirt {libvirt_version()}, libvirt-python {_version('libvirt-python')}; two 128 MiB TCG test "
+        "guests, booted and idle. raw = one open connection: virDomainSuspend/Resume, virDomainGetState, "
+        "virConnectGetAllDomainStats for the one domain (state, CPU, balloon, interfaces, block)."
+    )
+    table.note(
+        "vmctl per verb: the interface's state check against its transition table, then the same libvirt call "
+        "(on a domain looked up by name)."
+    )
+    report.show(table)
 
 
-def bench_bulk(uri: str, counts: list[int], rounds: int, state_dir: Path | None = None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+# -- 2. bulk usage -------------------------------------------------------------------------------
+def bench_bulk(report: Report, uri: str, counts: list[int], rounds: int, state_dir: Path | None = None) -> None:
+    import libvirt
+
+    stats = stats_flags()
+    table = report.table(
+        f"usage of N defined domains on {uri} (ms)",
+        ["domains", "usage_all() median", "p95", "raw getAllDomainStats median", "p95", "ratio",
+         "vmctl each in turn median", "p95"],
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="vmctl-bench-libvirt-bulk-") as tmp:
         base = Path(tmp) / "base.qcow2"
         run_tool(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], timeout=30)
         base.chmod(0o644)
         Path(tmp).chmod(0o755)
-        options: dict[str, object] = {"uri": uri}
-        if state_dir is not None:
-            options["state_dir"] = state_dir
-        else:
-            options["state_dir"] = Path(tmp) / "overlays"
-        hv = vmctl.connect("libvirt", **options)
+        hv = vmctl.connect("libvirt", uri=uri, state_dir=state_dir or Path(tmp) / "overlays")
+        conn = libvirt.open(uri)
         made: list[vmctl.Machine] = []
-        print(f"\nUsage of N defined domains on {uri}, {rounds} rounds, milliseconds:\n")
-        print("\n".join(header("domains", "bulk", "each")))
         try:
             prefix = f"bulk{int(time.time()) % 100000}"
             for n in counts:
                 while len(made) < n:
                     made.append(hv.create(vmctl.MachineSpec(name=f"{prefix}-{len(made)}", disk=base)))
                 hv.usage_all()  # learn which domains are vmctl's once
-                bulk = [timed(hv.usage_all) for _ in range(rounds)]
-                each = [timed(lambda: [vm.usage() for vm in made]) for _ in range(rounds)]
-                print(row(str(n), bulk, each))
+                bulk: list[float] = []
+                raw: list[float] = []
+                for i in range(rounds):
+                    steps: list[tuple[list[float], Callable[[], Any]]] = [
+                        (bulk, hv.usage_all),
+                        (raw, lambda: conn.getAllDomainStats(stats, 0)),
+                    ]
+                    for into, action in steps[:: 1 if i % 2 == 0 else -1]:
+                        into.append(timed(action))
+                each = [timed(lambda: [vm.usage() for vm in made]) for _ in range(max(3, rounds // 2))]
+                table.add(
+                    n, ms(med(bulk)), ms(p95(bulk)), ms(med(raw)), ms(p95(raw)), ratio(med(bulk), med(raw)),
+                    ms(med(each)), ms(p95(each)),
+                )  # fmt: skip
         finally:
             for vm in made:
-                vm.destroy()
+                with contextlib.suppress(vmctl.VmctlError):
+                    vm.destroy()
+            conn.close()
             hv.close()
+    table.note(
+        "Defined, stopped domains (16 MiB qcow2 overlays, never started). usage_all() is one bulk "
+        "statistics call plus vmctl's mapping of the results to its machines; raw = "
+        "virConnectGetAllDomainStats over every domain of the connection; 'each in turn' = vm.usage() "
+        "per machine through vmctl."
+    )
+    if uri == "test:///default":
+        table.note("test:///default is libvirt's in-process mock driver: no daemon round trip.")
+    report.show(table)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=50)
-    parser.add_argument("--skip-daemon", action="store_true", help="only the test driver (no libvirtd, no guest)")
-    args = parser.parse_args()
-    import logging
+def libvirt_version() -> str:
+    import libvirt
 
-    logging.basicConfig(level=logging.WARNING)
-    print(f"libvirt {libvirt.getVersion()}, libvirt-python {libvirt_python_version()}")
-    if not args.skip_daemon:
-        bench_verbs(args.rounds)
-    bench_bulk("test:///default", [1, 10, 50], args.rounds)
-    if not args.skip_daemon:
-        bench_bulk("qemu:///system", [1, 10, 50], max(5, args.rounds // 5), Path("/var/lib/libvirt/images/vmctl"))
+    v = libvirt.getVersion()
+    return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def daemon_available(report: Report) -> bool:
+    import libvirt
+
+    try:
+        libvirt.open("qemu:///system").close()
+        return True
+    except libvirt.libvirtError:
+        pass
+    from tests.contract.harness_libvirt import load_services
+
+    try:
+        load_services().ensure_libvirtd()
+        libvirt.open("qemu:///system").close()
+        return True
+    except Exception as exc:  # a missing daemon skips those parts, with the reason
+        report.note(f"qemu:///system parts skipped: libvirtd could not be reached or started ({exc}).")
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(__doc__ or "", argv)
+    report = Report("libvirt backend", args)
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        report.skip("libvirt-python is not installed")
+    report.note(f"libvirt {libvirt_version()}, libvirt-python {_version('libvirt-python')}.")
+    daemon = daemon_available(report)
+    if daemon:
+        bench_verbs(report, 30 if args.quick else 150)
+    bench_bulk(report, "test:///default", [1, 10, 50], 10 if args.quick else 50)
+    if daemon:
+        bench_bulk(
+            report, "qemu:///system", [1, 10, 50], 5 if args.quick else 20, Path("/var/lib/libvirt/images/vmctl")
+        )
+    report.finish()
     return 0
 
 
-def libvirt_python_version() -> str:
-    from importlib.metadata import version
-
-    return version("libvirt-python")
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
