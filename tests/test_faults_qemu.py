@@ -1090,7 +1090,8 @@ def spec_log(values: dict[str, Any]) -> Path | None:
 
 def _assert_qemu_got(vm: vmctl.Machine, spec: vmctl.MachineSpec) -> None:
     proc = psutil.Process(vm.pid)
-    argv = proc.cmdline()
+    # the exact bytes: psutil reads /proc/PID/cmdline as text with universal newlines ("\r" -> "\n")
+    argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
     assert argv[argv.index("-kernel") + 1] == str(spec.kernel)
     if spec.cmdline:
         assert argv[argv.index("-append") + 1] == spec.cmdline
