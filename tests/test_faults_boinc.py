@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,7 @@ def test_garbage_control_and_heartbeat_messages_never_break_the_adapter(sandbox:
     slot = sandbox.slot / "adapter"
     client = FakeClient(slot, result_name="wu_fuzz_0")
     (slot / "disk.img").write_bytes(b"\0" * 512)
-    hv = MemoryHypervisor()
+    hv = MemoryHypervisor(namespace=f"fuzz-{uuid.uuid4().hex}")
     job = Job(source="t", backend="memory", image="disk.img")
     now = [1000.0]
 
@@ -240,6 +241,8 @@ def test_garbage_control_and_heartbeat_messages_never_break_the_adapter(sandbox:
     finally:
         adapter.shm.close()
         client.close()
+        for vm in hv.machines():
+            vm.destroy()
         import shutil
 
         shutil.rmtree(slot)

@@ -130,7 +130,7 @@ def c_call(func: str, caller: str) -> dict[str, Any]:
 
 
 #: right after the machine's lock was taken
-LOCKED = {"event": "c_return", "func": "flock", "caller": "MachineStore.locked"}
+LOCKED = {"event": "c_return", "func": "flock", "caller": "flock_exclusive"}
 
 
 @dataclass

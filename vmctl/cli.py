@@ -33,7 +33,7 @@ and debug logging. The exit status says what went wrong:
 | 10 | a machine of that name already exists (`MachineExists`) |
 | 130 | interrupted (Ctrl-C) |
 
->>> main(["--backend", "memory", "list", "--json"])
+>>> main(["--backend", "memory", "--option", "namespace=cli-doctest", "list", "--json"])
 []
 0
 """
