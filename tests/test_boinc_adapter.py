@@ -8,6 +8,7 @@ silence or a checkpoint period pass in microseconds.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -135,8 +136,9 @@ class Env:
         return self.slot / "shared"
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+@contextlib.contextmanager
+def make_env(tmp_path: Path) -> Iterator[Env]:
+    """A slot, the client double, a private in-memory backend and a fake clock."""
     boinc_dir = tmp_path / "boinc"
     project = boinc_dir / "projects" / "p"
     slot = boinc_dir / "slots" / "0"
@@ -154,6 +156,12 @@ def env(tmp_path: Path) -> Iterator[Env]:
         client.close()
         for vm in hv.machines():
             vm.destroy()
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    with make_env(tmp_path) as e:
+        yield e
 
 
 def started(env: Env, **kwargs: Any) -> Adapter:

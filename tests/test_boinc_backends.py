@@ -56,7 +56,7 @@ from tests.contract.harness_virtualbox import SimGuestProbe, write_wrapper
 from tests.contract.harness_virtualbox import load_simulator as load_vbox_simulator
 from tests.contract.harness_vmware import SimProbe, fake_vmdk, make_vmrun, vmx_processes
 from tests.contract.harness_vmware import load_simulator as load_vmrun_simulator
-from tests.test_boinc_adapter import Env, FakeClock, started
+from tests.test_boinc_adapter import Env, make_env, started
 from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, PARK_DELAY, Adapter
 from vmctl.boinc.initdata import read_init_data
@@ -666,23 +666,8 @@ def test_a_job_the_backend_cannot_run_fails_at_once(
 @pytest.fixture
 def mem(tmp_path: Path) -> Iterator[Env]:
     """tests/test_boinc_adapter.py's setup: a slot, the client double, the in-memory backend, a fake clock."""
-    boinc_dir = tmp_path / "boinc"
-    project = boinc_dir / "projects" / "p"
-    slot = boinc_dir / "slots" / "0"
-    project.mkdir(parents=True)
-    slot.mkdir(parents=True)
-    (project / "v1_base.img").write_bytes(b"\x00" * 65536)
-    (slot / "vm_image.img").write_text("<soft_link>../../projects/p/v1_base.img</soft_link>\n")
-    client = FakeClient(slot, project_dir=str(project), boinc_dir=str(boinc_dir), checkpoint_period=1.0)
-    hv = MemoryHypervisor(namespace=f"boinc-{secrets.token_hex(8)}")
-    e = Env(boinc_dir, project, slot, client, hv, FakeClock())
-    e.write_job()
-    try:
+    with make_env(tmp_path) as e:
         yield e
-    finally:
-        client.close()
-        for vm in hv.machines():
-            vm.destroy()
 
 
 def lacking(monkeypatch: pytest.MonkeyPatch, **changes: bool) -> None:

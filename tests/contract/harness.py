@@ -59,6 +59,30 @@ class GuestProbe(ABC):
         return int(wait_until(lambda: (c := self.counter()) > value and c, timeout, f"guest counter > {value}"))
 
 
+class SimulatedGuestProbe(GuestProbe):
+    """A guest simulated by a tool simulator, whose state it reports as a dict with the keys
+    ``ready``, ``counter``, ``presses``, ``boots`` and ``link_up``."""
+
+    @abstractmethod
+    def _view(self) -> dict[str, Any]: ...
+
+    def ready(self) -> bool:
+        return bool(self._view()["ready"])
+
+    def counter(self) -> int:
+        return int(self._view()["counter"])
+
+    def power_button_presses(self) -> int:
+        return int(self._view()["presses"])
+
+    def boots(self) -> int:
+        return int(self._view()["boots"])
+
+    def link_up(self) -> bool | None:
+        value = self._view()["link_up"]
+        return None if value is None else bool(value)
+
+
 class Harness(ABC):
     """One backend configuration under test."""
 

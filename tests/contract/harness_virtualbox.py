@@ -20,7 +20,7 @@ from typing import Any
 
 import vmctl
 
-from .harness import GuestProbe, Harness
+from .harness import GuestProbe, Harness, SimulatedGuestProbe
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "simulators" / "vboxmanage_sim.py"
 
@@ -49,7 +49,7 @@ def write_wrapper(path: Path, home: Path) -> Path:
     return path
 
 
-class SimGuestProbe(GuestProbe):
+class SimGuestProbe(SimulatedGuestProbe):
     """The simulated guest of one machine, read from the simulator's state."""
 
     def __init__(self, sim: ModuleType, home: Path, name: str) -> None:
@@ -61,22 +61,6 @@ class SimGuestProbe(GuestProbe):
         view = self.sim.guest_view(self.home, self.name)
         assert view is not None, f"the simulator has no machine {self.name!r}"
         return dict(view)
-
-    def ready(self) -> bool:
-        return bool(self._view()["ready"])
-
-    def counter(self) -> int:
-        return int(self._view()["counter"])
-
-    def power_button_presses(self) -> int:
-        return int(self._view()["presses"])
-
-    def boots(self) -> int:
-        return int(self._view()["boots"])
-
-    def link_up(self) -> bool | None:
-        value = self._view()["link_up"]
-        return None if value is None else bool(value)
 
 
 class VirtualBoxSimHarness(Harness):

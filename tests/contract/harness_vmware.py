@@ -22,7 +22,7 @@ import psutil
 
 import vmctl
 
-from .harness import GuestProbe, Harness, wait_until
+from .harness import GuestProbe, Harness, SimulatedGuestProbe, wait_until
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "simulators" / "vmrun_sim.py"
 
@@ -82,7 +82,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class SimProbe(GuestProbe):
+class SimProbe(SimulatedGuestProbe):
     """The simulated guest of one VM, read from the simulator's state."""
 
     def __init__(self, sim: ModuleType, home: Path, vmx: Path, has_nic: bool) -> None:
@@ -91,18 +91,6 @@ class SimProbe(GuestProbe):
     def _view(self) -> dict[str, Any]:
         view: dict[str, Any] = self.sim.guest_view(self.home, self.vmx)
         return view
-
-    def ready(self) -> bool:
-        return bool(self._view()["ready"])
-
-    def counter(self) -> int:
-        return int(self._view()["counter"])
-
-    def power_button_presses(self) -> int:
-        return int(self._view()["presses"])
-
-    def boots(self) -> int:
-        return int(self._view()["boots"])
 
     def link_up(self) -> bool | None:
         return bool(self._view()["link_up"]) if self.has_nic else None
