@@ -1,0 +1,220 @@
+"""Setting up a task's VM: the backend connection, the machine spec the job file describes, the
+VM's creation, and its registration with the reaper.
+
+The spec comes from the job and the slot: the base image, kernel and initrd the slot links to
+(a missing file is hypervisor-side trouble, retried; an empty one is a broken task), the CPUs the
+client gives the task, port forwards on loopback, the shared directories, and the guest console
+in the slot. The VM's state (overlay, saved state, snapshots) lives in the slot where the
+backend allows it; elsewhere a record under the BOINC data directory lets the reaper delete the
+VMs of tasks that vanished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import vmctl
+from vmctl.boinc import reaper
+from vmctl.boinc._guestfiles import CONSOLE_LOG
+from vmctl.boinc._outcome import Fatal, Trouble
+from vmctl.boinc._task import Task
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "Connect",
+    "Registration",
+    "backend_options",
+    "connect_backend",
+    "create_machine",
+    "default_connect",
+    "machine_spec",
+]
+
+log = logging.getLogger("vmctl.boinc")
+
+DEFAULT_STATE_DIR = "vm"
+"""Where in the slot the QEMU backend keeps the VM's overlay, saved state and snapshots."""
+
+Connect = Callable[[str, dict[str, Any]], vmctl.Hypervisor]
+
+
+def default_connect(backend: str, options: dict[str, Any]) -> vmctl.Hypervisor:
+    """``vmctl.connect(backend, **options)``."""
+    return vmctl.connect(backend, **options)
+
+
+def backend_options(task: Task) -> dict[str, Any]:
+    """The job's backend options with ``{slot}`` and ``{project}`` filled in; for QEMU, a state
+    directory in the slot unless the job names one (recorded in the task's record)."""
+
+    def expand(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("{slot}", str(task.slot.path)).replace("{project}", task.init.project_dir)
+        return value
+
+    options = {k: expand(v) for k, v in task.job.backend_options.items()}
+    if task.job.backend == "qemu" and "state_dir" not in options:
+        # The VM's overlay, saved state and snapshots live in the slot: they survive a client
+        # restart, count against the task's disk bound like vboxwrapper's VM folder, and the
+        # client deletes them with the slot when the task ends.
+        state_dir = task.slot.path / DEFAULT_STATE_DIR
+        options["state_dir"] = str(state_dir)
+        task.state.state_dir = str(state_dir)
+    return options
+
+
+def connect_backend(connect: Connect, backend: str, options: dict[str, Any]) -> vmctl.Hypervisor:
+    """Connect to the job's backend; failing that is trouble (the task is retried later)."""
+    try:
+        return connect(backend, dict(options))
+    except vmctl.BackendUnavailable as exc:
+        raise Trouble(f"the VM backend is unavailable: {exc}") from exc
+    except vmctl.VmctlError as exc:
+        raise Trouble(f"cannot connect to the VM backend {backend}: {exc}") from exc
+
+
+def _slot_file(task: Task, what: str, name: str | None) -> Path | None:
+    if name is None:
+        return None
+    path = task.slot.resolve(name)
+    if not path.exists():
+        raise Trouble(f"the {what} {name!r} is missing ({path})")
+    if not path.is_file():
+        raise Fatal(f"the {what} {name!r} is not a regular file ({path})")
+    if path.stat().st_size == 0:
+        raise Fatal(f"the {what} {name!r} is empty ({path})")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
+    """The VM the job describes, its disk an overlay over the slot's base image."""
+    job, init = task.job, task.init
+    disk = _slot_file(task, "base image", job.image)
+    kernel = _slot_file(task, "kernel", job.kernel)
+    initrd = _slot_file(task, "initrd", job.initrd)
+    cpus = job.cpus or max(1, math.ceil(init.ncpus - 1e-9))
+    network = None
+    if job.network:
+        forwards = [
+            vmctl.PortForward(host_port=pf.host_port or _free_port(), guest_port=pf.guest_port)
+            for pf in job.port_forwards
+        ]
+        for pf in forwards:
+            log.info("guest port %d is reachable at 127.0.0.1:%d", pf.guest_port, pf.host_port)
+        network = vmctl.Network(port_forwards=forwards)
+    shared: dict[str, Path] = {}
+    if shared_path is not None:
+        shared[job.shared_tag] = shared_path
+    if job.share_project_dir and init.project_dir:
+        shared["project"] = Path(init.project_dir)
+    if job.scratch_dir and init.project_dir:
+        shared["scratch"] = Path(init.project_dir) / "scratch"
+    try:
+        return vmctl.MachineSpec(
+            name=task.vm_name,
+            disk=disk,
+            overlay=True,
+            memory_mib=job.memory_mib,
+            cpus=cpus,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=job.cmdline,
+            network=network,
+            shared_dirs=shared,
+            serial_log=task.slot.path / CONSOLE_LOG,
+        )
+    except vmctl.InvalidSpec as exc:
+        raise Fatal(f"the job asks for an impossible VM: {exc}") from exc
+
+
+def create_machine(hv: vmctl.Hypervisor, task: Task, spec: vmctl.MachineSpec) -> vmctl.Machine:
+    """Create the task's VM from ``spec`` (without the console file where the backend cannot
+    write one into the slot) and start the task's record afresh."""
+    log.info(
+        "creating the VM %s: %d MiB, %d CPU(s), image %s (copy-on-write overlay), network %s",
+        spec.name,
+        spec.memory_mib,
+        spec.cpus,
+        spec.disk or spec.kernel,
+        "on" if spec.network else "off",
+    )
+    try:
+        try:
+            vm = hv.create(spec)
+        except vmctl.Unsupported as exc:
+            if spec.serial_log is None:
+                raise
+            # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
+            vm = hv.create(replace(spec, serial_log=None))
+            log.warning("no %s: the backend cannot write the guest console to a file here (%s)", CONSOLE_LOG, exc)
+    except vmctl.InvalidSpec as exc:
+        raise Fatal(f"the backend refused the VM: {exc}") from exc
+    except vmctl.Unsupported as exc:
+        raise Fatal(f"the backend {task.job.backend} cannot run this job: {exc}") from exc
+    except vmctl.MachineExists:
+        vm = hv.machine(spec.name)
+    except vmctl.VmctlError as exc:
+        raise Trouble(f"cannot create the VM: {exc}") from exc
+    state = task.state
+    state.booted = False
+    state.checkpoint = None
+    state.saved_cpu_time = None
+    state.process_pid = None
+    task.save_state()
+    return vm
+
+
+class Registration:
+    """The task's VM in the reaper's registry (``registry`` None: not registered)."""
+
+    def __init__(self, registry: Path | None, task: Task, options: dict[str, Any]) -> None:
+        self._registry = registry
+        self._task = task
+        self._options = options
+        self._record: reaper.Record | None = None
+
+    def register(self) -> None:
+        """Record the VM, so that the reaper deletes it if the task vanishes."""
+        if self._registry is None:
+            return
+        task = self._task
+        self._record = reaper.Record(
+            vm=task.vm_name,
+            backend=task.job.backend,
+            options=self._options,
+            slot_dir=str(task.slot.path),
+            result_name=task.init.result_name,
+            state_dir=task.state.state_dir,
+        )
+        try:
+            reaper.register(self._registry, self._record)
+        except OSError as exc:
+            log.warning("cannot register the VM for the reaper in %s: %s", self._registry, exc)
+            self._record = None
+
+    def update(self, pid: int | None) -> None:
+        """Record the VM's host process (the reaper kills it if its task vanished)."""
+        if self._record is not None and self._registry is not None and self._record.pid != pid:
+            self._record.pid = pid
+            self._record.pid_started = None
+            with contextlib.suppress(OSError):
+                reaper.register(self._registry, self._record)
+
+    def unregister(self) -> None:
+        """The VM is gone: forget it."""
+        if self._record is not None and self._registry is not None:
+            reaper.unregister(self._registry, self._record)
+            self._record = None
