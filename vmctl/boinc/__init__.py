@@ -7,8 +7,8 @@ maps the client's control messages onto the vmctl lifecycle interface. See ``doc
 Modules: :mod:`~vmctl.boinc.shm` (shared-memory channels), :mod:`~vmctl.boinc.initdata`
 (``init_data.xml``), :mod:`~vmctl.boinc.slot` (file links, end-of-run files),
 :mod:`~vmctl.boinc.job` (job files), :mod:`~vmctl.boinc.state` (the adapter's record in the
-slot), :mod:`~vmctl.boinc.adapter` (the main loop), :mod:`~vmctl.boinc.reaper` (leftover VMs),
-:mod:`~vmctl.boinc.testing` (a client double for tests).
+slot), :mod:`~vmctl.boinc.adapter` (the main loop, over private modules with one job each),
+:mod:`~vmctl.boinc.reaper` (leftover VMs), :mod:`~vmctl.boinc.testing` (a client double for tests).
 """
 
 from vmctl.boinc.adapter import Adapter

@@ -171,8 +171,28 @@ class Adapter:
         return self._task.vm_name
 
     @property
+    def state_path(self) -> Path:
+        return self._task.state_path
+
+    @property
+    def shared_path(self) -> Path | None:
+        return self._files.shared_path
+
+    @property
+    def hv(self) -> vmctl.Hypervisor | None:
+        return self._policy.hv
+
+    @property
     def vm(self) -> vmctl.Machine | None:
         return self._policy.vm
+
+    @property
+    def pid(self) -> int | None:
+        return self._policy.pid
+
+    @property
+    def checkpoint_cpu(self) -> float:
+        return self._cpu.checkpoint
 
     @property
     def parked(self) -> bool:
