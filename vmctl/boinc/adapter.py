@@ -25,8 +25,8 @@ This module is the loop and the message dispatch; each job it dispatches to has 
 ``_cputime`` (CPU-time accounting), ``_checkpoints`` (checkpoint snapshots), ``_guestfiles``
 (triggers, progress, heartbeat, outputs), ``_vmsetup`` (connection, spec, creation, reaper
 registration), ``_vmpolicy`` (bring up, recover, save, destroy), ``_suspension`` (pause, park,
-and putting back what others changed), ``_endings`` (how a run ends); ``_task`` is what they
-share and ``_outcome`` how they end the loop.
+and putting back what others changed), ``_status`` (reports to the client), ``_endings`` (how
+a run ends); ``_task`` is what they share and ``_outcome`` how they end the loop.
 """
 
 from __future__ import annotations
