@@ -785,3 +785,16 @@ def test_a_suspended_task_is_not_taken_for_a_hung_guest(env: Env) -> None:
     assert env.run(adapter, 3) is None
     assert env.vm().state is vmctl.State.RUNNING
     assert not (env.slot / "boinc_temporary_exit").exists()
+
+
+def test_reread_app_info_keeps_the_times_this_run_started_from(env: Env) -> None:
+    # The client rewrites init_data.xml on <reread_app_info/> with the *last checkpoint's* elapsed and
+    # CPU time (request_reread_app_info); taking those would count the time since then twice.
+    adapter = started(env)
+    env.run(adapter, 6)
+    before = adapter.elapsed()
+    env.client.write_init_data(starting_elapsed_time=5.0, wu_cpu_time=4.0, checkpoint_period=30.0)
+    env.send(adapter, "<reread_app_info/>")
+    assert adapter.checkpoint_interval == 30.0, "the new preferences are taken"
+    assert adapter.elapsed() - before < 1.0, "elapsed time is not counted twice (it would jump by 5 s)"
+    assert adapter.init.wu_cpu_time == 0.0

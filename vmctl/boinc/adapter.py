@@ -31,6 +31,7 @@ a run ends); ``_task`` is what they share and ``_outcome`` how they end the loop
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -339,7 +340,13 @@ class Adapter:
             self._suspension.client_resumed()
         elif "<reread_app_info/>" in msg:
             try:
-                self._task.init = read_init_data(self._task.slot.path)
+                # The client writes the last checkpoint's times here; this run started from the old ones.
+                started = self._task.init
+                self._task.init = dataclasses.replace(
+                    read_init_data(self._task.slot.path),
+                    wu_cpu_time=started.wu_cpu_time,
+                    starting_elapsed_time=started.starting_elapsed_time,
+                )
                 log.info("re-read init_data.xml (checkpoint period %g s)", self._task.init.checkpoint_period)
             except InitDataError as exc:
                 log.warning("cannot re-read init_data.xml: %s", exc)
