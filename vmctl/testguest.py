@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmctl.errors import VmctlError
+
 __all__ = [
     "GUEST_CMDLINE",
     "GUEST_MODULES",
@@ -118,7 +120,7 @@ _APT_LISTS = Path("/var/lib/apt/lists")
 Progress = Callable[[str], None]
 
 
-class GuestBuildError(RuntimeError):
+class GuestBuildError(VmctlError, RuntimeError):
     """Building the test guest failed; the message names the step and, if known, the fix."""
 
 

@@ -69,6 +69,7 @@ from vmctl.boinc._vmpolicy import VmPolicy
 from vmctl.boinc._vmsetup import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
 from vmctl.boinc._vmsetup import Connect, Registration, backend_options, connect_backend, create_machine, machine_spec
 from vmctl.boinc._vmsetup import default_connect as default_connect
+from vmctl.boinc.errors import BoincError
 from vmctl.boinc.initdata import InitData, InitDataError, read_init_data
 from vmctl.boinc.job import Job
 from vmctl.boinc.shm import Channel, SharedMemory
@@ -254,6 +255,9 @@ class Adapter:
         except Fatal as fatal:
             return self._endings.fatal(str(fatal), fatal.code)
         except vmctl.VmctlError as exc:
+            if isinstance(exc, BoincError):  # the adapter's own, not the hypervisor's
+                log.exception("internal error")
+                return self._endings.trouble(f"internal error in vmctl-boinc: {type(exc).__name__}: {exc}")
             log.exception("unexpected error from the hypervisor")
             return self._endings.trouble(f"hypervisor error: {exc}")
         except Exception as exc:

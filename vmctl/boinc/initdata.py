@@ -22,12 +22,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmctl.boinc.errors import BoincError
+
 __all__ = ["INIT_DATA_FILE", "InitData", "InitDataError", "parse_init_data", "read_init_data"]
 
 INIT_DATA_FILE = "init_data.xml"
 
 
-class InitDataError(Exception):
+class InitDataError(BoincError):
     """``init_data.xml`` is missing or not readable."""
 
 

@@ -61,6 +61,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vmctl.boinc.errors import BoincError
+
 __all__ = [
     "JOB_FILES",
     "VBOX_KEYS",
@@ -81,7 +83,7 @@ DEFAULT_SHARED_TAG = "shared"
 VBOX_DEFAULT_IMAGE = "vm_image.vdi"
 
 
-class JobError(Exception):
+class JobError(BoincError):
     """The job file is missing, malformed or asks for something impossible."""
 
 

@@ -35,6 +35,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from vmctl.boinc.errors import BoincError
+
 __all__ = [
     "CHANNEL_SIZE",
     "MAX_MESSAGE",
@@ -77,7 +79,7 @@ class Channel(enum.IntEnum):
         return int(self) * CHANNEL_SIZE
 
 
-class SharedMemoryError(OSError):
+class SharedMemoryError(BoincError, OSError):
     """The shared memory the client made cannot be opened (missing, wrong size, wrong key)."""
 
 

@@ -30,6 +30,7 @@ import os
 import re
 from pathlib import Path
 
+from vmctl.boinc.errors import BoincError
 from vmctl.store import atomic_write
 
 __all__ = [
@@ -52,7 +53,7 @@ _SOFT_LINK = re.compile(r"<soft_link>\s*(.*?)\s*</soft_link>", re.S)
 _SOFT_LINK_MAX = 4096
 
 
-class SlotError(Exception):
+class SlotError(BoincError):
     """A file name that is not a plain relative name inside the slot."""
 
 
