@@ -119,7 +119,7 @@ def test_persistent_lock_error_gives_up_after_bounded_retries(sim: Sim) -> None:
     with pytest.raises(vmctl.BackendError) as err:
         vm.pause()
     e = err.value
-    assert e.code == "VBOX_E_INVALID_OBJECT_STATE"
+    assert e.code == "busy" and e.transient and e.native == "VBOX_E_INVALID_OBJECT_STATE"
     assert e.status == 1
     assert isinstance(e.command, list) and e.command[-2:] == ["lock2", "pause"]
     assert "already locked" in e.stderr and "(0x80bb0007)" in e.stderr
@@ -137,7 +137,7 @@ def test_error_with_exit_status_zero_is_an_error(sim: Sim) -> None:
     with pytest.raises(vmctl.BackendError) as err:
         vm.pause()
     assert err.value.status == 0
-    assert err.value.code == "VBOX_E_VM_ERROR"
+    assert err.value.code == "internal" and err.value.native == "VBOX_E_VM_ERROR"
     assert "The VM refused to pause" in str(err.value)
     assert vm.state is State.RUNNING
 
@@ -206,7 +206,7 @@ def test_vbox_errors_map_to_vmctl_errors(sim: Sim) -> None:
     vm.pause()
     with pytest.raises(vmctl.InvalidState) as err:  # VBOX_E_INVALID_VM_STATE from IConsole::Pause
         t.control("map1", "pause")
-    assert err.value.code == "VBOX_E_INVALID_VM_STATE"  # type: ignore[attr-defined]
+    assert err.value.native == "VBOX_E_INVALID_VM_STATE"  # type: ignore[attr-defined]
     with pytest.raises(vmctl.SnapshotNotFound):
         t.snapshot_restore("map1", "no-such-snapshot", 10)
     with pytest.raises(vmctl.BackendError) as berr:

@@ -132,7 +132,12 @@ def test_error_parsing_and_mapping() -> None:
     other = parse_error("VBoxManage: error: Details: code VBOX_E_FILE_ERROR (0x80bb0004), component Medium\n")
     assert other is not None
     berr = map_error(other, command=["storageattach"], status=1, stderr="text")
-    assert isinstance(berr, vmctl.BackendError) and berr.code == "VBOX_E_FILE_ERROR" and berr.stderr == "text"
+    assert (
+        isinstance(berr, vmctl.BackendError)
+        and berr.code == "io"
+        and berr.native == "VBOX_E_FILE_ERROR"
+        and berr.stderr == "text"
+    )
 
 
 def fake_tool(tmp_path: Path, body: str) -> Path:

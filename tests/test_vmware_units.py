@@ -31,7 +31,11 @@ ARGV = ["/opt/vmrun", "-T", "ws", "stop", "/vms/a/a.vmx", "hard"]
         ("The name does not uniquely identify one snapshot", E.SNAPSHOT_NOT_UNIQUE),
         ("The operation is not supported for the specified parameters", E.NOT_SUPPORTED),
         ("One of the parameters was invalid", E.INVALID_ARGUMENT),
-        ("Insufficient permissions in host operating system", E.OTHER),
+        ("Insufficient permissions in host operating system", E.PERMISSION),
+        ("The file already exists", E.ALREADY_EXISTS),
+        ("The file is already in use", E.IN_USE),
+        ("Unable to connect to host.", E.HOST_UNREACHABLE),
+        ("The operation was cancelled", E.OTHER),
     ],
 )
 def test_vix_messages_are_classified(message: str, kind: str) -> None:

@@ -92,7 +92,7 @@ def test_password_sources_are_checked(vcsim: Vcsim, tmp_path: Path, monkeypatch:
 def test_wrong_password_is_a_login_error(vcsim: Vcsim) -> None:
     with pytest.raises(vmctl.BackendError) as err:
         vcsim.connect(password="wrong")  # noqa: S106 - not a secret
-    assert err.value.code == "InvalidLogin"
+    assert err.value.code == "auth" and err.value.native == "InvalidLogin"
     assert "wrong" not in str(err.value)
 
 
@@ -135,7 +135,7 @@ def test_password_is_on_no_command_line(vcsim: Vcsim, tmp_path: Path) -> None:
 def test_untrusted_certificate_is_refused_with_a_hint(vcsim: Vcsim) -> None:
     with pytest.raises(vmctl.BackendError) as err:
         vmctl.connect("vsphere", host=vcsim.host, port=vcsim.port, user="vmctl", password=PASSWORD)
-    assert err.value.code == "certificate"
+    assert err.value.code == "auth" and err.value.native == "certificate"
     assert "ca_file=" in str(err.value)
 
 

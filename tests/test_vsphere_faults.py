@@ -49,7 +49,12 @@ def test_duplicate_name_is_machine_exists() -> None:
 
 def test_tools_unavailable_is_a_backend_error_subclass() -> None:
     err = mapped(vim.fault.ToolsUnavailable())
-    assert isinstance(err, ToolsUnavailable) and isinstance(err, vmctl.BackendError) and err.code == "ToolsUnavailable"
+    assert (
+        isinstance(err, ToolsUnavailable)
+        and isinstance(err, vmctl.BackendError)
+        and err.code == "guest"
+        and err.native == "ToolsUnavailable"
+    )
 
 
 def test_unimplemented_methods_are_unsupported() -> None:
@@ -64,7 +69,7 @@ def test_unimplemented_methods_are_unsupported() -> None:
 
 def test_everything_else_is_a_backend_error_named_by_class() -> None:
     err = mapped(vim.fault.FileFault(msg="*types.FileFault", file="[ds] x"))
-    assert isinstance(err, vmctl.BackendError) and err.code == "FileFault"
+    assert isinstance(err, vmctl.BackendError) and err.code == "io" and err.native == "FileFault"
     assert str(err).startswith("start m1: FileFault")
     assert isinstance(mapped(vmodl.fault.SystemError(reason="boom")), vmctl.BackendError)
 

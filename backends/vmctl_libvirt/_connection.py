@@ -18,11 +18,16 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from vmctl.errors import BackendError, MachineNotFound
+from vmctl.errors import BackendError, ErrorCode, MachineNotFound
+
+from ._errors import error_code, error_name
 
 log = logging.getLogger("vmctl.libvirt")
 
 T = TypeVar("T")
+
+#: Failures to open a connection that are about the request, not about reaching the daemon.
+_OPEN_REFUSALS = frozenset({ErrorCode.AUTH, ErrorCode.UNSUPPORTED, ErrorCode.INVALID_ARGUMENT})
 
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
@@ -38,12 +43,6 @@ _CONNECTION_ERRORS = frozenset(
         libvirt.VIR_ERR_AUTH_FAILED,
     }
 )
-_ERROR_NAMES = {getattr(libvirt, n): n for n in dir(libvirt) if n.startswith("VIR_ERR_") and n != "VIR_ERR_OK"}
-
-
-def error_name(code: int | None) -> str | None:
-    """``VIR_ERR_NO_DOMAIN`` for 42, and so on."""
-    return None if code is None else _ERROR_NAMES.get(code, str(code))
 
 
 def ensure_event_loop() -> None:
@@ -113,10 +112,14 @@ class Connection:
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as exc:
+            number = exc.get_error_code()
+            code = error_code(number)
             raise BackendError(
                 f"cannot connect to libvirt at {self.uri}: {exc.get_error_message()}",
                 command=f"virConnectOpen({self.uri})",
-                code=error_name(exc.get_error_code()),
+                # whatever the reason (a missing socket is a system error), the daemon was not reached
+                code=code if code in _OPEN_REFUSALS else ErrorCode.CONNECTION,
+                native=error_name(number),
             ) from exc
         try:
             conn.setKeepAlive(*self.keepalive)
@@ -251,6 +254,7 @@ class Connection:
         if code == libvirt.VIR_ERR_NO_DOMAIN and machine is not None:
             raise MachineNotFound(machine, "libvirt") from exc
         message = exc.get_error_message() or str(exc)
+        kind = error_code(code)
         if code in _CONNECTION_ERRORS:
             alive = False
             conn = self._conn
@@ -263,4 +267,5 @@ class Connection:
                 self._dead = True
                 self._notify()
                 message = f"connection to libvirt at {self.uri} lost: {message}"
-        raise BackendError(f"{what} failed: {message}", command=what, code=error_name(code)) from exc
+                kind = ErrorCode.CONNECTION
+        raise BackendError(f"{what} failed: {message}", command=what, code=kind, native=error_name(code)) from exc

@@ -19,12 +19,31 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vmctl.aio import run_sync
-from vmctl.errors import BackendError, OperationTimeout
+from vmctl.errors import BackendError, ErrorCode, OperationTimeout
 
 log = logging.getLogger("vmctl.qemu.qmp")
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # its own logs duplicate our errors
 
 _UNIX_PATH_MAX = 100
+
+#: QMP's error classes (qapi/error.json) in vmctl's vocabulary. QEMU reports nearly every
+#: failure as GenericError, which says nothing about its kind.
+QMP_CODES: dict[str, ErrorCode] = {
+    "CommandNotFound": ErrorCode.UNSUPPORTED,
+    "DeviceNotActive": ErrorCode.INVALID_STATE,
+    "DeviceNotFound": ErrorCode.NOT_FOUND,
+    "KVMMissingCap": ErrorCode.UNSUPPORTED,
+    "GenericError": ErrorCode.UNKNOWN,
+}
+
+
+def qmp_code(error_class: str) -> ErrorCode:
+    """The :class:`ErrorCode` of a QMP error class.
+
+    >>> qmp_code("DeviceNotFound"), qmp_code("SomethingNew")
+    (<ErrorCode.NOT_FOUND: 'not_found'>, <ErrorCode.UNKNOWN: 'unknown'>)
+    """
+    return QMP_CODES.get(error_class, ErrorCode.UNKNOWN)
 
 
 def backoff(first: float = 0.001, longest: float = 0.02) -> Iterator[float]:
@@ -65,10 +84,16 @@ class QmpSession:
             raise BackendError(
                 f"QEMU refused {command}: {exc.error.error.desc}",
                 command=command,
-                code=exc.error.error.class_,
+                code=qmp_code(exc.error.error.class_),
+                native=exc.error.error.class_,
             ) from exc
         except (QMPError, OSError, EOFError) as exc:
-            raise BackendError(f"QMP {command} failed: {exc or type(exc).__name__}", command=command) from exc
+            raise BackendError(
+                f"QMP {command} failed: {exc or type(exc).__name__}",
+                command=command,
+                code=ErrorCode.CONNECTION,
+                native=type(exc).__name__,
+            ) from exc
 
     def send_fd(self, fd: int, name: str, timeout: float = 10) -> None:
         """Pass an open file descriptor to QEMU under ``name`` (QMP getfd)."""
@@ -80,7 +105,12 @@ class QmpSession:
         try:
             run_sync(send(), timeout, "QMP getfd")
         except (QMPError, OSError) as exc:
-            raise BackendError(f"passing a file descriptor to QEMU failed: {exc}", command="getfd") from exc
+            raise BackendError(
+                f"passing a file descriptor to QEMU failed: {exc}",
+                command="getfd",
+                code=qmp_code(exc.error.error.class_) if isinstance(exc, ExecuteError) else ErrorCode.CONNECTION,
+                native=exc.error.error.class_ if isinstance(exc, ExecuteError) else type(exc).__name__,
+            ) from exc
 
     def wait_job(self, job_id: str, timeout: float) -> None:
         """Wait for a QMP job to conclude, dismiss it, raise if it failed."""
@@ -111,7 +141,12 @@ def session(socket_path: Path, timeout: float = 10) -> Iterator[QmpSession]:
         try:
             run_sync(client.connect(address), timeout, "QMP connect")
         except (QMPError, OSError) as exc:
-            raise BackendError(f"cannot reach QEMU's monitor at {socket_path}: {exc}", command="connect") from exc
+            raise BackendError(
+                f"cannot reach QEMU's monitor at {socket_path}: {exc}",
+                command="connect",
+                code=ErrorCode.CONNECTION,
+                native=type(exc).__name__,
+            ) from exc
     try:
         yield QmpSession(client, socket_path)
     finally:

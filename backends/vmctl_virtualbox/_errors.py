@@ -11,6 +11,8 @@ be 0, so the text decides, not the status.
 ...     "interface IVirtualBox, callee nsISupports\\n")
 >>> err.code, hex(err.hresult), err.text
 ('VBOX_E_OBJECT_NOT_FOUND', '0x80bb0001', "Could not find a registered machine named 'x'")
+>>> error_code(err)
+<ErrorCode.NOT_FOUND: 'not_found'>
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vmctl.errors import BackendError, InvalidState, MachineNotFound, SnapshotNotFound, VmctlError
+from vmctl.errors import TRANSIENT_CODES as _TRANSIENT
+from vmctl.errors import (
+    BackendError,
+    ErrorCode,
+    InvalidState,
+    MachineNotFound,
+    SnapshotNotFound,
+    VmctlError,
+)
 from vmctl.types import State
 
 __all__ = [
     "CODES",
+    "ERROR_CODES",
     "TRANSIENT_CODES",
     "VBoxErrorInfo",
     "code_name",
+    "error_code",
     "is_transient",
     "map_error",
     "parse_error",
@@ -52,13 +64,41 @@ CODES: dict[int, str] = {
     0x80BB0010: "VBOX_E_TIMEOUT",
     0x80BB0011: "VBOX_E_DND_ERROR",
     0x80004005: "E_FAIL",
+    0x80070005: "E_ACCESSDENIED",
     0x80070057: "E_INVALIDARG",
     0x80080005: "CO_E_SERVER_EXEC_FAILURE",
 }
 
-#: Errors worth retrying: another session holds the machine's lock for a moment, or VBoxSVC
-#: could not be reached (both retried by BOINC's vboxwrapper with exponential backoff).
-TRANSIENT_CODES = frozenset({"VBOX_E_INVALID_OBJECT_STATE", "CO_E_SERVER_EXEC_FAILURE"})
+#: VirtualBox's result codes in vmctl's vocabulary. VBOX_E_INVALID_OBJECT_STATE is what
+#: VirtualBox says when another session holds the machine's lock for a moment, and
+#: CO_E_SERVER_EXEC_FAILURE when VBoxSVC could not be reached: both are transient (and retried by
+#: BOINC's vboxwrapper with exponential backoff).
+ERROR_CODES: dict[str, ErrorCode] = {
+    "VBOX_E_OBJECT_NOT_FOUND": ErrorCode.NOT_FOUND,
+    "VBOX_E_INVALID_VM_STATE": ErrorCode.INVALID_STATE,
+    "VBOX_E_VM_ERROR": ErrorCode.INTERNAL,
+    "VBOX_E_FILE_ERROR": ErrorCode.IO,
+    "VBOX_E_IPRT_ERROR": ErrorCode.INTERNAL,
+    "VBOX_E_PDM_ERROR": ErrorCode.INTERNAL,
+    "VBOX_E_INVALID_OBJECT_STATE": ErrorCode.BUSY,
+    "VBOX_E_HOST_ERROR": ErrorCode.INTERNAL,
+    "VBOX_E_NOT_SUPPORTED": ErrorCode.UNSUPPORTED,
+    "VBOX_E_XML_ERROR": ErrorCode.INTERNAL,
+    "VBOX_E_INVALID_SESSION_STATE": ErrorCode.BUSY,
+    "VBOX_E_OBJECT_IN_USE": ErrorCode.INVALID_STATE,
+    "VBOX_E_PASSWORD_INCORRECT": ErrorCode.AUTH,
+    "VBOX_E_MAXIMUM_REACHED": ErrorCode.RESOURCE,
+    "VBOX_E_GSTCTL_GUEST_ERROR": ErrorCode.GUEST,
+    "VBOX_E_TIMEOUT": ErrorCode.TIMEOUT,
+    "VBOX_E_DND_ERROR": ErrorCode.GUEST,
+    "E_FAIL": ErrorCode.UNKNOWN,
+    "E_ACCESSDENIED": ErrorCode.AUTH,
+    "E_INVALIDARG": ErrorCode.INVALID_ARGUMENT,
+    "CO_E_SERVER_EXEC_FAILURE": ErrorCode.CONNECTION,
+}
+
+#: VirtualBox codes of the errors worth retrying (those mapped to a transient :class:`ErrorCode`).
+TRANSIENT_CODES = frozenset(name for name, code in ERROR_CODES.items() if code in _TRANSIENT)
 
 _PREFIX = re.compile(r"^(?:VBoxManage(?:\.exe)?|VBoxManage-sim): error: ?(.*)$")
 _DETAILS = re.compile(r"Details: code (?P<code>[A-Z_][A-Z0-9_]*) \((?P<hr>0x[0-9a-fA-F]+)\)")
@@ -112,11 +152,22 @@ def parse_error(stderr: str, stdout: str = "") -> VBoxErrorInfo | None:
     return VBoxErrorInfo(text=texts[0] if texts else (code or "error"), code=code, hresult=hresult, context=context)
 
 
-def is_transient(info: VBoxErrorInfo) -> bool:
-    if info.code in TRANSIENT_CODES:
-        return True
+def error_code(info: VBoxErrorInfo) -> ErrorCode:
+    """The :class:`ErrorCode` of an error VirtualBox reported.
+
+    The code decides; without one, a machine lock held by another session is told by its text.
+    """
+    if info.code is not None:
+        return ERROR_CODES.get(info.code, ErrorCode.UNKNOWN)
     text = info.text
-    return "is already locked" in text or "being locked or unlocked" in text
+    if "is already locked" in text or "being locked or unlocked" in text:
+        return ErrorCode.BUSY
+    return ErrorCode.UNKNOWN
+
+
+def is_transient(info: VBoxErrorInfo) -> bool:
+    """True if retrying the same call after a pause may succeed (a lock held for a moment)."""
+    return error_code(info) in _TRANSIENT
 
 
 def map_error(
@@ -153,12 +204,13 @@ def map_error(
             status=status,
             stdout=stdout,
             stderr=stderr,
-            code=info.code,
+            code=error_code(info),
+            native=info.code,
         )
         return err
-    # The raw output travels with every mapped error, for logs.
+    # The raw output and VirtualBox's code travel with every mapped error, for logs.
     err.command = list(command) if not isinstance(command, str) else command  # type: ignore[attr-defined]
     err.status = status  # type: ignore[attr-defined]
     err.stderr = stderr  # type: ignore[attr-defined]
-    err.code = info.code  # type: ignore[attr-defined]
+    err.native = info.code  # type: ignore[attr-defined]
     return err

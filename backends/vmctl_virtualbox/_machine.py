@@ -439,7 +439,7 @@ class VirtualBoxHypervisor(Hypervisor):
         try:
             t.create_vm(spec.name, self.base_folder, OSTYPE)
         except BackendError as exc:
-            if exc.code in ("VBOX_E_FILE_ERROR", "VBOX_E_OBJECT_IN_USE") or spec.name in t.list_vms():
+            if exc.native in ("VBOX_E_FILE_ERROR", "VBOX_E_OBJECT_IN_USE") or spec.name in t.list_vms():
                 raise MachineExists(spec.name, "virtualbox") from exc
             raise
         try:

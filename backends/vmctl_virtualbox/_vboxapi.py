@@ -17,10 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vmctl.errors import BackendError, InvalidState, MachineNotFound, OperationTimeout, SnapshotNotFound, VmctlError
+from vmctl.errors import (
+    BackendError,
+    ErrorCode,
+    InvalidState,
+    MachineNotFound,
+    OperationTimeout,
+    SnapshotNotFound,
+    VmctlError,
+)
 from vmctl.types import Network, State
 
-from ._errors import code_name
+from ._errors import ERROR_CODES, code_name
 from ._transport import SnapshotInfo, Transport, VMInfo
 
 __all__ = ["VBoxApiTransport"]
@@ -88,7 +96,12 @@ class VBoxApiTransport(Transport):
             return MachineNotFound(vm, "virtualbox")
         if code == "VBOX_E_INVALID_VM_STATE":
             return InvalidState(vm or "?", verb or what, State.UNKNOWN)
-        return BackendError(f"VirtualBox API {what} failed: {message}", command=what, code=code)
+        return BackendError(
+            f"VirtualBox API {what} failed: {message}",
+            command=what,
+            code=ERROR_CODES.get(code, ErrorCode.UNKNOWN) if code is not None else ErrorCode.UNKNOWN,
+            native=code,
+        )
 
     def _machine(self, vm: str) -> Any:
         try:
@@ -123,7 +136,10 @@ class VBoxApiTransport(Transport):
             text = ""
             with contextlib.suppress(Exception):
                 text = progress.errorInfo.text
-            raise BackendError(f"{what} failed: {text}", command=what, code=code_name(int(progress.resultCode)))
+            code = code_name(int(progress.resultCode))
+            raise BackendError(
+                f"{what} failed: {text}", command=what, code=ERROR_CODES.get(code, ErrorCode.UNKNOWN), native=code
+            )
 
     # -- Transport ----------------------------------------------------------------------------
     def version(self) -> str:

@@ -9,6 +9,8 @@ carries, so the machine can raise the matching vmctl error.
 'not_running'
 >>> classify("Cannot open VM: /vms/a/a.vmx, The virtual machine cannot be found")
 'vm_not_found'
+>>> error_code(classify("The file is already in use"))
+<ErrorCode.BUSY: 'busy'>
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from vmctl.errors import BackendError
+from vmctl.errors import BackendError, ErrorCode
 
-__all__ = ["VmrunError", "check_result", "classify"]
+__all__ = ["ERROR_CODES", "VmrunError", "check_result", "classify", "error_code"]
 
 NOT_RUNNING = "not_running"
 IS_RUNNING = "is_running"
@@ -29,7 +31,29 @@ SNAPSHOT_NOT_UNIQUE = "snapshot_not_unique"
 NOT_SUPPORTED = "not_supported"
 ENCRYPTED = "encrypted"
 INVALID_ARGUMENT = "invalid_argument"
+ALREADY_EXISTS = "already_exists"
+IN_USE = "in_use"
+HOST_UNREACHABLE = "host_unreachable"
+PERMISSION = "permission"
 OTHER = "other"
+
+#: Each kind in vmctl's vocabulary.
+ERROR_CODES: dict[str, ErrorCode] = {
+    NOT_RUNNING: ErrorCode.INVALID_STATE,
+    IS_RUNNING: ErrorCode.INVALID_STATE,
+    VM_NOT_FOUND: ErrorCode.NOT_FOUND,
+    TOOLS_NOT_RUNNING: ErrorCode.GUEST,
+    SNAPSHOT_NOT_FOUND: ErrorCode.NOT_FOUND,
+    SNAPSHOT_NOT_UNIQUE: ErrorCode.INVALID_ARGUMENT,
+    NOT_SUPPORTED: ErrorCode.UNSUPPORTED,
+    ENCRYPTED: ErrorCode.AUTH,
+    INVALID_ARGUMENT: ErrorCode.INVALID_ARGUMENT,
+    ALREADY_EXISTS: ErrorCode.EXISTS,
+    IN_USE: ErrorCode.BUSY,
+    HOST_UNREACHABLE: ErrorCode.CONNECTION,
+    PERMISSION: ErrorCode.AUTH,
+    OTHER: ErrorCode.UNKNOWN,
+}
 
 # Checked in order: the Tools message also says "not running", and "is not running" must win
 # over "running".
@@ -43,6 +67,10 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (SNAPSHOT_NOT_FOUND, re.compile(r"file by that name does not exist|snapshot.*(not found|does not exist)", re.I)),
     (NOT_SUPPORTED, re.compile(r"not supported", re.I)),
     (INVALID_ARGUMENT, re.compile(r"parameters was invalid|invalid argument", re.I)),
+    (ALREADY_EXISTS, re.compile(r"already exists", re.I)),  # VIX_E_FILE_ALREADY_EXISTS
+    (IN_USE, re.compile(r"already in use|is locked|locked by another", re.I)),  # VIX_E_FILE_ALREADY_LOCKED
+    (HOST_UNREACHABLE, re.compile(r"(unable|cannot|failed) to connect to (the )?host", re.I)),
+    (PERMISSION, re.compile(r"insufficient permissions|permission denied|access denied", re.I)),
 )
 
 
@@ -52,6 +80,11 @@ def classify(message: str) -> str:
         if pattern.search(message):
             return kind
     return OTHER
+
+
+def error_code(kind: str) -> ErrorCode:
+    """The :class:`ErrorCode` of a kind :func:`classify` returned."""
+    return ERROR_CODES.get(kind, ErrorCode.UNKNOWN)
 
 
 class VmrunError(BackendError):
@@ -66,7 +99,8 @@ class VmrunError(BackendError):
             status=status,
             stdout=stdout,
             stderr=stderr,
-            code=self.kind,
+            code=error_code(self.kind),
+            native=self.kind,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmctl.errors import BackendError
+from vmctl.errors import BackendError, ErrorCode
 
 __all__ = ["ToolsUnavailable"]
 
@@ -21,5 +21,6 @@ class ToolsUnavailable(BackendError):
             f"cannot {verb} machine {machine!r} gracefully: VMware Tools are not running in its guest "
             f"(toolsRunningStatus={tools_state or 'unset'}); use poweroff() or restart(hard=True)",
             command=verb,
-            code="ToolsUnavailable",
+            code=ErrorCode.GUEST,
+            native="ToolsUnavailable",
         )

@@ -20,7 +20,7 @@ from vmctl.errors import (
 from vmctl.types import State
 
 from ._errors import ToolsUnavailable
-from ._session import fault_name, fault_text, vim, vmodl
+from ._session import fault_code, fault_name, fault_text, vim, vmodl
 
 __all__ = ["map_fault"]
 
@@ -62,4 +62,6 @@ def map_fault(
         return ToolsUnavailable(machine, verb, tools_state)
     if isinstance(fault, (vmodl.fault.NotSupported, vmodl.fault.NotImplemented, vmodl.fault.MethodNotFound)):
         return Unsupported(BACKEND, verb, f"the server refused it ({fault_text(fault)})")
-    return BackendError(f"{verb} {machine}: {fault_text(fault)}", command=verb, code=fault_name(fault))
+    return BackendError(
+        f"{verb} {machine}: {fault_text(fault)}", command=verb, code=fault_code(fault), native=fault_name(fault)
+    )

@@ -18,7 +18,7 @@ from ._disk import DESCRIPTOR_NAME, EXTENT_NAME, DiskImage, inspect_disk
 from ._faults import BACKEND, map_fault
 from ._machine import SPEC_KEY, VSphereMachine
 from ._options import resolve_password, resolve_user, tls_context
-from ._session import Session, fault_text, vim, vmodl
+from ._session import Session, fault_code, fault_name, fault_text, vim, vmodl
 
 __all__ = ["IMAGE_DIR", "VSphereHypervisor", "open_hypervisor"]
 
@@ -128,7 +128,10 @@ class VSphereHypervisor(Hypervisor):
                     child = self._child(folder, part)
                 except vmodl.MethodFault as fault:
                     raise BackendError(
-                        f"creating folder {part!r}: {fault_text(fault)}", command="CreateFolder"
+                        f"creating folder {part!r}: {fault_text(fault)}",
+                        command="CreateFolder",
+                        code=fault_code(fault),
+                        native=fault_name(fault),
                     ) from fault
                 if child is None:
                     raise BackendError(f"folder {part!r} vanished while it was being created", command="CreateFolder")
@@ -308,7 +311,12 @@ class VSphereHypervisor(Hypervisor):
         except vim.fault.FileNotFound:
             pass
         except vmodl.MethodFault as fault:
-            raise BackendError(f"deleting {name}: {fault_text(fault)}", command="DeleteDatastoreFile_Task") from fault
+            raise BackendError(
+                f"deleting {name}: {fault_text(fault)}",
+                command="DeleteDatastoreFile_Task",
+                code=fault_code(fault),
+                native=fault_name(fault),
+            ) from fault
 
     def ensure_image(self, image: DiskImage, datastore: str, timeout: float = 3600) -> str:
         """Upload ``image`` once per datastore (content-addressed); return its descriptor's path.
@@ -362,7 +370,10 @@ class VSphereHypervisor(Hypervisor):
             except vmodl.MethodFault as fault:
                 if not has(name):  # else another process placed the same file first
                     raise BackendError(
-                        f"placing {target}: {fault_text(fault)}", command="MoveDatastoreFile_Task"
+                        f"placing {target}: {fault_text(fault)}",
+                        command="MoveDatastoreFile_Task",
+                        code=fault_code(fault),
+                        native=fault_name(fault),
                     ) from fault
 
         try:
@@ -379,7 +390,12 @@ class VSphereHypervisor(Hypervisor):
                 if not has(name):
                     move_into_place(name)
         except vmodl.MethodFault as fault:
-            raise BackendError(f"uploading {image.source}: {fault_text(fault)}", command="upload") from fault
+            raise BackendError(
+                f"uploading {image.source}: {fault_text(fault)}",
+                command="upload",
+                code=fault_code(fault),
+                native=fault_name(fault),
+            ) from fault
         finally:
             try:
                 self.delete_datastore_path(datastore, staging, session.timeout)
@@ -483,7 +499,10 @@ class VSphereHypervisor(Hypervisor):
             )
         except vmodl.MethodFault as fault:
             raise BackendError(
-                f"copying the base disk for {vm.name}: {fault_text(fault)}", command="CopyVirtualDisk_Task"
+                f"copying the base disk for {vm.name}: {fault_text(fault)}",
+                command="CopyVirtualDisk_Task",
+                code=fault_code(fault),
+                native=fault_name(fault),
             ) from fault
         disk = vim.vm.device.VirtualDisk(
             key=-101,

@@ -304,6 +304,7 @@ class VSphereMachine(Machine):
                     "crashes on this; revert to another snapshot first)",
                     command=exc.command,
                     code=exc.code,
+                    native=exc.native,
                 ) from exc
             raise
 

@@ -25,9 +25,9 @@ from xml.parsers.expat import ExpatError
 import pyVim.connect
 import pyVmomi
 
-from vmctl.errors import BackendError, OperationTimeout
+from vmctl.errors import BackendError, ErrorCode, OperationTimeout
 
-__all__ = ["PC", "Session", "fault_name", "fault_text", "vim", "vmodl"]
+__all__ = ["PC", "Session", "fault_code", "fault_name", "fault_text", "vim", "vmodl"]
 
 log = logging.getLogger("vmctl.vsphere")
 T = TypeVar("T")
@@ -83,10 +83,13 @@ class Session:
                 f"the TLS certificate of {self.host}:{self.port} is not trusted ({exc.verify_message}); "
                 "pass ca_file= with the server's CA, or verify_tls=False on a trusted network",
                 command=what,
-                code="certificate",
+                code=ErrorCode.AUTH,
+                native="certificate",
             ) from exc
         except _TRANSPORT as exc:
-            raise BackendError(f"cannot reach {self.host}:{self.port}: {exc}", command=what, code="connection") from exc
+            raise BackendError(
+                f"cannot reach {self.host}:{self.port}: {exc}", command=what, code=ErrorCode.CONNECTION
+            ) from exc
         finally:
             conn.close()
         if response.status != 200:
@@ -114,16 +117,24 @@ class Session:
             )
         except vim.fault.InvalidLogin as exc:
             raise BackendError(
-                f"{self.host} refused the login of {self.user!r}", command="Login", code="InvalidLogin"
+                f"{self.host} refused the login of {self.user!r}",
+                command="Login",
+                code=ErrorCode.AUTH,
+                native="InvalidLogin",
             ) from exc
         except vmodl.MethodFault as exc:
             raise BackendError(
-                f"login to {self.host} failed: {fault_text(exc)}", command="Login", code=fault_name(exc)
+                f"login to {self.host} failed: {fault_text(exc)}",
+                command="Login",
+                code=fault_code(exc),
+                native=fault_name(exc),
             ) from exc
         except TimeoutError:
             raise OperationTimeout(f"login to {self.host}", self.timeout) from None
         except _TRANSPORT as exc:
-            raise BackendError(f"login to {self.host} failed: {exc}", command="Login", code="connection") from exc
+            raise BackendError(
+                f"login to {self.host} failed: {exc}", command="Login", code=ErrorCode.CONNECTION
+            ) from exc
 
     def _relogin(self) -> None:
         """Log in again on the same stub, so that managed objects already held stay usable."""
@@ -133,12 +144,17 @@ class Session:
                 self.content.sessionManager.Login(self.user, self._password)
             except vim.fault.InvalidLogin as exc:
                 raise BackendError(
-                    f"{self.host} refused the login of {self.user!r}", command="Login", code="InvalidLogin"
+                    f"{self.host} refused the login of {self.user!r}",
+                    command="Login",
+                    code=ErrorCode.AUTH,
+                    native="InvalidLogin",
                 ) from exc
             except TimeoutError:
                 raise OperationTimeout(f"login to {self.host}", self.timeout) from None
             except _TRANSPORT as exc:
-                raise BackendError(f"login to {self.host} failed: {exc}", command="Login", code="connection") from exc
+                raise BackendError(
+                    f"login to {self.host} failed: {exc}", command="Login", code=ErrorCode.CONNECTION
+                ) from exc
 
     def close(self) -> None:
         si, self.si = self.si, None
@@ -170,7 +186,9 @@ class Session:
                 raise OperationTimeout(f"{what} on {self.host}", self.timeout) from None
             except _TRANSPORT as exc:
                 raise BackendError(
-                    f"{what}: lost the connection to {self.host}:{self.port}: {exc!r}", command=what, code="connection"
+                    f"{what}: lost the connection to {self.host}:{self.port}: {exc!r}",
+                    command=what,
+                    code=ErrorCode.CONNECTION,
                 ) from exc
             except (KeyError, TypeError, ValueError, ExpatError) as exc:
                 if not _raised_in_pyvmomi(exc):
@@ -178,7 +196,7 @@ class Session:
                 raise BackendError(
                     f"{what}: pyvmomi cannot read the answer of {self.host}: {type(exc).__name__}: {exc}",
                     command=what,
-                    code="protocol",
+                    code=ErrorCode.PROTOCOL,
                 ) from exc
         raise AssertionError("unreachable")
 
@@ -293,7 +311,7 @@ class Session:
         except TimeoutError:
             raise OperationTimeout(what, self.timeout) from None
         except _TRANSPORT as exc:
-            raise BackendError(f"{what}: {exc}", command=what, code="connection") from exc
+            raise BackendError(f"{what}: {exc}", command=what, code=ErrorCode.CONNECTION) from exc
         finally:
             conn.close()
         if response.status == 404:
@@ -331,7 +349,7 @@ class Session:
         except TimeoutError:
             raise OperationTimeout(what, timeout) from None
         except _TRANSPORT as exc:
-            raise BackendError(f"{what}: {exc}", command=what, code="connection") from exc
+            raise BackendError(f"{what}: {exc}", command=what, code=ErrorCode.CONNECTION) from exc
         finally:
             if stream is not None:
                 stream.close()
@@ -350,6 +368,53 @@ def _raised_in_pyvmomi(exc: BaseException) -> bool:
         last = tb.tb_frame.f_code.co_filename
         tb = tb.tb_next
     return last is not None and ("pyVmomi" in last or "pyexpat" in last)
+
+
+#: Fault classes in vmctl's vocabulary, checked in order with isinstance (subclasses first).
+_FAULT_CODES: tuple[tuple[str, ErrorCode], ...] = (
+    ("vim.fault.FileLocked", ErrorCode.BUSY),
+    ("vim.fault.TaskInProgress", ErrorCode.BUSY),
+    ("vim.fault.ConcurrentAccess", ErrorCode.BUSY),
+    ("vim.fault.ResourceInUse", ErrorCode.BUSY),
+    ("vim.fault.InvalidLogin", ErrorCode.AUTH),
+    ("vmodl.fault.SecurityError", ErrorCode.AUTH),  # NoPermission, NotAuthenticated
+    ("vim.fault.ToolsUnavailable", ErrorCode.GUEST),
+    ("vim.fault.GuestOperationsUnavailable", ErrorCode.GUEST),
+    ("vim.fault.InvalidState", ErrorCode.INVALID_STATE),  # InvalidPowerState, InvalidHostState, ...
+    ("vmodl.fault.ManagedObjectNotFound", ErrorCode.NOT_FOUND),
+    ("vim.fault.NotFound", ErrorCode.NOT_FOUND),
+    ("vim.fault.FileNotFound", ErrorCode.NOT_FOUND),
+    ("vim.fault.DuplicateName", ErrorCode.EXISTS),
+    ("vim.fault.AlreadyExists", ErrorCode.EXISTS),
+    ("vim.fault.FileAlreadyExists", ErrorCode.EXISTS),
+    ("vmodl.fault.NotSupported", ErrorCode.UNSUPPORTED),
+    ("vmodl.fault.NotImplemented", ErrorCode.UNSUPPORTED),
+    ("vmodl.fault.MethodNotFound", ErrorCode.UNSUPPORTED),
+    ("vmodl.fault.InvalidArgument", ErrorCode.INVALID_ARGUMENT),
+    ("vmodl.fault.InvalidRequest", ErrorCode.INVALID_ARGUMENT),
+    ("vim.fault.InvalidName", ErrorCode.INVALID_ARGUMENT),
+    ("vim.fault.VmConfigFault", ErrorCode.INVALID_ARGUMENT),
+    ("vim.fault.NoDiskSpace", ErrorCode.RESOURCE),
+    ("vim.fault.InsufficientResourcesFault", ErrorCode.RESOURCE),
+    ("vim.fault.FileFault", ErrorCode.IO),
+    ("vim.fault.Timedout", ErrorCode.TIMEOUT),
+    ("vmodl.fault.HostCommunication", ErrorCode.CONNECTION),  # HostNotConnected, HostNotReachable
+    ("vmodl.fault.SystemError", ErrorCode.INTERNAL),
+)
+
+
+def _fault_class(path: str) -> type | None:
+    module, _, name = path.rpartition(".")
+    return getattr(vim.fault if module == "vim.fault" else vmodl.fault, name, None)
+
+
+def fault_code(fault: BaseException) -> ErrorCode:
+    """The :class:`ErrorCode` of a vSphere fault, told by its class (never by its message)."""
+    for path, code in _FAULT_CODES:
+        cls = _fault_class(path)
+        if cls is not None and isinstance(fault, cls):
+            return code
+    return ErrorCode.UNKNOWN
 
 
 def fault_name(fault: BaseException) -> str:
