@@ -2,7 +2,10 @@
 
 Each entry point names a :class:`BackendProvider`: a small object that says whether its backend
 can run here (without importing the backend's heavy dependencies) and opens connections.
-A third-party package adds a backend by declaring, in its ``pyproject.toml``::
+A provider also declares its connect options (:class:`~vmctl.options.Option`: name, type,
+default, doc); :meth:`BackendProvider.connect` checks what it is given against them once, so an
+unknown or ill-typed option is an :class:`~vmctl.errors.InvalidSpec` naming the valid ones on
+every backend. A third-party package adds a backend by declaring, in its ``pyproject.toml``::
 
     [project.entry-points."vmctl.backends"]
     mybackend = "my_package:provider"
@@ -10,6 +13,10 @@ A third-party package adds a backend by declaring, in its ``pyproject.toml``::
 >>> import vmctl
 >>> [b.name for b in vmctl.backends()][:1]
 ['libvirt']
+>>> vmctl.connect("memory", namspace="x")
+Traceback (most recent call last):
+  ...
+vmctl.errors.InvalidSpec: invalid option 'namspace': backend 'memory' has no such option (valid options: namespace)
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ import importlib.metadata
 import logging
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any
 
 from vmctl.errors import BackendUnavailable
 from vmctl.interface import Hypervisor
+from vmctl.options import REQUIRED, Option, bind_options
 from vmctl.types import BackendInfo
 
-__all__ = ["ENTRY_POINT_GROUP", "BackendProvider", "backends", "connect", "get_provider"]
+__all__ = ["ENTRY_POINT_GROUP", "REQUIRED", "BackendProvider", "Option", "backends", "connect", "get_provider"]
 
 ENTRY_POINT_GROUP = "vmctl.backends"
 log = logging.getLogger("vmctl.registry")
@@ -42,6 +51,9 @@ class BackendProvider(ABC):
     python_modules: tuple[tuple[str, str], ...] = ()
     #: Executables the backend runs, with how to install them.
     tools: tuple[tuple[str, str], ...] = ()
+    #: The keyword arguments :meth:`connect` accepts; None (a provider that declares none) lets
+    #: every option through unchecked, as before options were declared.
+    options: tuple[Option, ...] | None = None
 
     def unavailable(self) -> tuple[str, str | None] | None:
         """None if usable here, else (reason, install hint). Cheap: imports nothing heavy."""
@@ -61,13 +73,30 @@ class BackendProvider(ABC):
 
     @abstractmethod
     def open(self, **options: Any) -> Hypervisor:
-        """Return a connected :class:`Hypervisor`; may raise BackendUnavailable."""
+        """Return a connected :class:`Hypervisor`; may raise BackendUnavailable.
+
+        ``options`` are those given to :meth:`connect`, already checked against :attr:`options`.
+        """
+
+    def checks_availability_itself(self, options: Mapping[str, Any]) -> bool:
+        """True if ``options`` name the backend's tool explicitly (a path), so that :meth:`open`
+        checks that tool itself and :meth:`unavailable`'s probe of the usual places is skipped."""
+        return False
+
+    def bind_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Check ``options`` against :attr:`options`; :class:`InvalidSpec` names the valid ones."""
+        if self.options is None:
+            return dict(options)
+        return bind_options(self.name, self.options, options)
 
     def connect(self, **options: Any) -> Hypervisor:
-        problem = self.unavailable()
-        if problem is not None:
-            raise BackendUnavailable(self.name, problem[0], problem[1])
-        return self.open(**options)
+        """Check ``options``, check that the backend can run here, and :meth:`open` it."""
+        bound = self.bind_options(options)
+        if not self.checks_availability_itself(bound):
+            problem = self.unavailable()
+            if problem is not None:
+                raise BackendUnavailable(self.name, problem[0], problem[1])
+        return self.open(**bound)
 
     def info(self) -> BackendInfo:
         problem = self.unavailable()

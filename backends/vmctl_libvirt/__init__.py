@@ -38,18 +38,34 @@ same verbs everywhere. Needs libvirt-python (``pip install vmctl[libvirt]``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from vmctl.interface import Hypervisor
-from vmctl.registry import BackendProvider
+from vmctl.registry import BackendProvider, Option
 
 __all__ = ["provider"]
+
+
+def _pair(text: str) -> tuple[int, int]:
+    interval, _, count = text.partition(",")
+    return int(interval), int(count)
 
 
 class _Provider(BackendProvider):
     name = "libvirt"
     description = "any libvirt URI (qemu:///system, qemu+ssh://host/system, test:///default) via libvirt-python"
     python_modules = (("libvirt", "pip install vmctl[libvirt]"),)
+    options = (
+        Option("uri", str, "qemu:///system", "the libvirt connection URI"),
+        Option("state_dir", (str, os.PathLike), None, "where local overlays go"),
+        Option("pool", str, "vmctl", "the storage pool of overlays on a remote URI"),
+        Option("pool_path", str, "/var/lib/libvirt/images/vmctl", "that pool's directory, if vmctl creates it"),
+        Option("accel", str, "tcg", '"tcg" or "kvm"'),
+        Option("machine_type", str, "q35", "the domain's machine type"),
+        Option("check_access", bool, True, "refuse images libvirt's QEMU user cannot read (local qemu:///system)"),
+        Option("keepalive", tuple, (5, 3), "(interval s, count); on a command line INTERVAL,COUNT", _pair),
+    )
 
     def open(self, **options: Any) -> Hypervisor:
         from ._machine import LibvirtHypervisor

@@ -25,7 +25,7 @@ from typing import Any
 
 from vmctl.errors import BackendError, MachineExists, MachineNotFound
 from vmctl.interface import Hypervisor, Machine
-from vmctl.registry import BackendProvider
+from vmctl.registry import BackendProvider, Option
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
 
 __all__ = ["MemoryHypervisor", "MemoryMachine", "provider"]
@@ -307,6 +307,7 @@ class MemoryHypervisor(Hypervisor):
 class _Provider(BackendProvider):
     name = "memory"
     description = "in-process reference implementation (no hypervisor)"
+    options = (Option("namespace", str, "default", "machines with the same namespace are shared in the process"),)
 
     def open(self, **options: Any) -> Hypervisor:
         return MemoryHypervisor(**options)

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from vmctl.interface import Hypervisor
-from vmctl.registry import BackendProvider
+from vmctl.registry import BackendProvider, Option
 
 __all__ = ["provider"]
 
@@ -21,6 +22,14 @@ class _Provider(BackendProvider):
     tools = (
         ("qemu-system-x86_64", "apt-get install qemu-system-x86"),
         ("qemu-img", "apt-get install qemu-utils"),
+    )
+    options = (
+        Option("state_dir", (str, os.PathLike), None, "where machines live (default: $VMCTL_STATE_DIR/qemu)"),
+        Option("accel", str, "auto", '"kvm", "tcg" or "auto" (KVM if /dev/kvm is usable)'),
+        Option("qemu_binary", str, "qemu-system-x86_64", "the QEMU executable"),
+        Option("qemu_img", str, "qemu-img", "the qemu-img executable"),
+        Option("machine_type", str, "q35", "QEMU's -machine type"),
+        Option("cpu_model", str, None, "QEMU's -cpu model (default: host with KVM, max with TCG)"),
     )
 
     def open(self, **options: Any) -> Hypervisor:

@@ -30,10 +30,12 @@ deletes it). VirtualBox cannot boot a kernel directly: specs with ``kernel`` rai
 from __future__ import annotations
 
 import importlib.util
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from vmctl.interface import Hypervisor
-from vmctl.registry import BackendProvider
+from vmctl.registry import BackendProvider, Option
 
 __all__ = ["provider"]
 
@@ -41,6 +43,16 @@ __all__ = ["provider"]
 class _Provider(BackendProvider):
     name = "virtualbox"
     description = "Oracle VirtualBox 7 via VBoxManage (or the SDK's vboxapi bindings)"
+    options = (
+        Option("vboxmanage", (str, os.PathLike), None, "the VBoxManage executable"),
+        Option("transport", str, "auto", '"auto", "vboxmanage" or "vboxapi"'),
+        Option("base_folder", (str, os.PathLike), None, "where VM folders go"),
+        Option("timeout", float, 120, "seconds allowed per VBoxManage call"),
+        Option("retries", int, 5, "retries of a transient lock error"),
+        Option("retry_delay", float, 0.5, "seconds before the first retry (doubling)"),
+        Option("settle_timeout", float, 60, "how long a state read waits for a transitional state"),
+        Option("env", dict, None, "extra environment variables for VBoxManage"),
+    )
 
     def unavailable(self) -> tuple[str, str | None] | None:
         from ._vboxmanage import find_vboxmanage
@@ -57,10 +69,8 @@ class _Provider(BackendProvider):
             "VirtualBox 7 from https://www.virtualbox.org (or pass vboxmanage=PATH)",
         )
 
-    def connect(self, **options: Any) -> Hypervisor:
-        if options.get("vboxmanage") is not None or options.get("transport") == "vboxapi":
-            return self.open(**options)  # an explicit choice is checked by open() itself
-        return super().connect(**options)
+    def checks_availability_itself(self, options: Mapping[str, Any]) -> bool:
+        return options.get("vboxmanage") is not None or options.get("transport") == "vboxapi"
 
     def open(self, **options: Any) -> Hypervisor:
         from ._machine import open_hypervisor

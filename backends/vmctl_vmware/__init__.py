@@ -35,10 +35,12 @@ snapshots, pause and overlays (its vmrun refuses snapshots, pause and clone: use
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from vmctl.interface import Hypervisor
-from vmctl.registry import BackendProvider
+from vmctl.registry import BackendProvider, Option
 
 __all__ = ["provider"]
 
@@ -48,6 +50,11 @@ HINT = "install VMware Workstation, Player or Fusion, or set VMCTL_VMRUN to vmru
 class _Provider(BackendProvider):
     name = "vmware"
     description = "VMware Workstation, Player and Fusion through vmrun"
+    options = (
+        Option("product", str, "ws", '"ws", "player" or "fusion" (vmrun -T)'),
+        Option("vmrun", (str, os.PathLike), None, "the vmrun executable"),
+        Option("vm_dir", (str, os.PathLike), None, "where machines live"),
+    )
 
     def unavailable(self) -> tuple[str, str | None] | None:
         from vmctl_vmware._vmrun import find_vmrun
@@ -56,10 +63,8 @@ class _Provider(BackendProvider):
             return "vmrun was not found ($VMCTL_VMRUN, PATH, VMware's install locations)", HINT
         return None
 
-    def connect(self, **options: Any) -> Hypervisor:
-        if options.get("vmrun") is not None:
-            return self.open(**options)
-        return super().connect(**options)
+    def checks_availability_itself(self, options: Mapping[str, Any]) -> bool:
+        return options.get("vmrun") is not None
 
     def open(self, **options: Any) -> Hypervisor:
         from vmctl_vmware._hypervisor import VmwareHypervisor

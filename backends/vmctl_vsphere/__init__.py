@@ -26,12 +26,12 @@ the performance manager's real-time samples since boot.
 
 from __future__ import annotations
 
-import inspect
+import os
 from typing import Any
 
-from vmctl.errors import BackendUnavailable, InvalidSpec
+from vmctl.errors import BackendUnavailable
 from vmctl.interface import Hypervisor
-from vmctl.registry import BackendProvider
+from vmctl.registry import REQUIRED, BackendProvider, Option
 
 from ._errors import ToolsUnavailable
 
@@ -44,16 +44,30 @@ class _Provider(BackendProvider):
     name = "vsphere"
     description = "VMware ESXi and vCenter through the vSphere API (pyvmomi)"
     python_modules = (("pyVmomi", HINT),)
+    options = (
+        Option("host", str, REQUIRED, "the ESXi host or vCenter (a name or address)"),
+        Option("user", str, None, "the user name (default: $VMCTL_VSPHERE_USER)"),
+        Option("password", str, None, "the password (prefer password_env or password_file)"),
+        Option("password_env", str, None, "the environment variable holding the password"),
+        Option("password_file", (str, os.PathLike), None, "a file whose first line is the password"),
+        Option("port", int, 443, "the HTTPS port"),
+        Option("verify_tls", bool, True, "verify the server's certificate"),
+        Option("ca_file", (str, os.PathLike), None, "a PEM bundle to trust"),
+        Option("datacenter", str, None, "the datacenter (needed when there are several)"),
+        Option("folder", str, None, "the VM folder path of vmctl's machines"),
+        Option("datastore", str, None, "the datastore of new machines"),
+        Option("resource_pool", str, None, "a resource pool or cluster name"),
+        Option("esx_host", str, None, "the host of new machines"),
+        Option("network", str, None, "the port group of new machines"),
+        Option("guest_id", str, "otherGuest64", "the guest OS identifier of new machines"),
+        Option("timeout", float, 60, "seconds for each API call"),
+    )
 
     def open(self, **options: Any) -> Hypervisor:
         try:
             from ._hypervisor import open_hypervisor
         except ImportError as exc:
             raise BackendUnavailable(self.name, f"pyvmomi cannot be imported: {exc}", HINT) from exc
-        try:
-            inspect.signature(open_hypervisor).bind(**options)
-        except TypeError as exc:
-            raise InvalidSpec("options", f"vsphere: {exc}") from None
         return open_hypervisor(**options)
 
 
