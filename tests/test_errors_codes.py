@@ -51,6 +51,19 @@ def test_the_vocabulary_is_documented_on_the_errors_page() -> None:
     assert documented == {code.value: code in TRANSIENT_CODES for code in ErrorCode}
 
 
+# -- tools run by every CLI-driven backend (qemu-img, VBoxManage, vmrun) --------------------------
+def test_a_tool_that_cannot_run_says_why(tmp_path: Path) -> None:
+    with pytest.raises(BackendError) as caught:
+        run_tool([str(tmp_path / "no-such-tool")], timeout=10)
+    assert (caught.value.code, caught.value.native) == (ErrorCode.NOT_FOUND, "ENOENT")
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o600)  # no execute bit for anyone: even root gets EACCES
+    with pytest.raises(BackendError) as caught:
+        run_tool([str(script)], timeout=10)
+    assert (caught.value.code, caught.value.native) == (ErrorCode.AUTH, "EACCES")
+
+
 # -- libvirt -------------------------------------------------------------------------------------------
 libvirt_error_cases: list[tuple[str, Callable[[Any], Any], ErrorCode, str]] = [
     ("lookup", lambda c: c.lookupByName("vmctl-no-such-domain"), ErrorCode.NOT_FOUND, "VIR_ERR_NO_DOMAIN"),

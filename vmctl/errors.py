@@ -20,6 +20,7 @@ no-such-backend
 from __future__ import annotations
 
 import enum
+import errno
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "SnapshotNotFound",
     "Unsupported",
     "VmctlError",
+    "os_error_code",
 ]
 
 
@@ -200,6 +202,34 @@ class ErrorCode(enum.StrEnum):
 
 #: Codes whose errors are worth retrying as they are, after a pause.
 TRANSIENT_CODES: frozenset[ErrorCode] = frozenset({ErrorCode.BUSY, ErrorCode.CONNECTION, ErrorCode.TIMEOUT})
+
+
+_ERRNO_CODES: dict[int, ErrorCode] = {
+    errno.ENOENT: ErrorCode.NOT_FOUND,
+    errno.EEXIST: ErrorCode.EXISTS,
+    errno.EACCES: ErrorCode.AUTH,
+    errno.EPERM: ErrorCode.AUTH,
+    errno.EBUSY: ErrorCode.BUSY,
+    errno.EAGAIN: ErrorCode.BUSY,
+    errno.ETIMEDOUT: ErrorCode.TIMEOUT,
+    errno.ECONNREFUSED: ErrorCode.CONNECTION,
+    errno.ECONNRESET: ErrorCode.CONNECTION,
+    errno.ENOTCONN: ErrorCode.CONNECTION,
+    errno.EPIPE: ErrorCode.CONNECTION,
+    errno.ENOSPC: ErrorCode.RESOURCE,
+    errno.EDQUOT: ErrorCode.RESOURCE,
+    errno.ENOMEM: ErrorCode.RESOURCE,
+    errno.EMFILE: ErrorCode.RESOURCE,
+}
+
+
+def os_error_code(exc: OSError) -> ErrorCode:
+    """The :class:`ErrorCode` of a failed system call (``io`` for the errnos not listed).
+
+    >>> os_error_code(OSError(errno.ENOSPC, "No space left on device"))
+    <ErrorCode.RESOURCE: 'resource'>
+    """
+    return _ERRNO_CODES.get(exc.errno or 0, ErrorCode.IO)
 
 
 class BackendError(VmctlError):

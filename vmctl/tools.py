@@ -10,13 +10,14 @@ every call, and failures raised as :class:`vmctl.BackendError` carrying argv, st
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 
-from vmctl.errors import BackendError, OperationTimeout
+from vmctl.errors import BackendError, OperationTimeout, os_error_code
 
 __all__ = ["c_locale_env", "run_tool"]
 
@@ -60,7 +61,12 @@ def run_tool(
     except subprocess.TimeoutExpired as exc:
         raise OperationTimeout(" ".join(args[:3]), timeout) from exc
     except OSError as exc:
-        raise BackendError(f"cannot run {args[0]}: {exc}", command=args) from exc
+        raise BackendError(
+            f"cannot run {args[0]}: {exc}",
+            command=args,
+            code=os_error_code(exc),
+            native=errno.errorcode.get(exc.errno or 0),
+        ) from exc
     log.debug("%s -> %d in %.3f s", args[:3], proc.returncode, time.monotonic() - started)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()

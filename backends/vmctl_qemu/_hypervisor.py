@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmctl.errors import BackendError, BackendUnavailable, InvalidSpec, VmctlError
+from vmctl.errors import BackendError, BackendUnavailable, InvalidSpec, VmctlError, os_error_code
 from vmctl.interface import Hypervisor, Machine
 from vmctl.store import MachineStore, default_state_dir
 from vmctl.tools import run_tool
@@ -106,7 +106,9 @@ class QemuHypervisor(Hypervisor):
             raise
         except OSError as exc:  # a full or read-only state directory
             path = str(exc.filename) if exc.filename is not None else None
-            raise BackendError(f"cannot create machine {spec.name!r}: {exc}", command=path) from exc
+            raise BackendError(
+                f"cannot create machine {spec.name!r}: {exc}", command=path, code=os_error_code(exc)
+            ) from exc
 
     def _create(self, spec: MachineSpec, record: dict[str, Any]) -> Machine:
         from ._machine import QemuMachine

@@ -47,11 +47,11 @@ def _cmd_list(args: argparse.Namespace, hv: Hypervisor) -> int:
 
 def _cmd_show(args: argparse.Namespace, hv: Hypervisor) -> int:
     vm = hv.machine(args.name)
-    snapshots = vm.snapshots() if hv.capabilities.snapshots else None
+    snapshots = vm.snapshots() if vm.capabilities.snapshots else None
     if args.json:
         data = _machine_dict(vm)
         data["spec"] = vm.spec.to_dict()
-        data["capabilities"] = hv.capabilities.to_dict()
+        data["capabilities"] = vm.capabilities.to_dict()
         data["snapshots"] = None if snapshots is None else [s.to_dict() for s in snapshots]
         _json(data)
         return EXIT_OK
