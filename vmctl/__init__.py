@@ -13,6 +13,7 @@ import logging
 from vmctl.errors import (
     BackendError,
     BackendUnavailable,
+    ErrorCode,
     InvalidSpec,
     InvalidState,
     MachineExists,
@@ -36,6 +37,7 @@ __all__ = [
     "BackendProvider",
     "BackendUnavailable",
     "Capabilities",
+    "ErrorCode",
     "Hypervisor",
     "InvalidSpec",
     "InvalidState",
