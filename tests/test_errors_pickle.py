@@ -31,7 +31,8 @@ def _import_everything() -> None:
     for name in PACKAGES:
         package = importlib.import_module(name)
         for info in pkgutil.walk_packages(package.__path__, f"{name}."):
-            importlib.import_module(info.name)
+            if not info.name.endswith(".__main__"):  # a command, not a module to import
+                importlib.import_module(info.name)
 
 
 def _subclasses(cls: type) -> Iterator[type]:
