@@ -6,7 +6,9 @@ and on the command line (exit 9), never a bare ``TypeError`` from deep inside a 
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import re
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +63,17 @@ def test_declared_options_are_the_backends_parameters_with_their_defaults(backen
         assert option.doc, f"{backend}: option {option.name} has no doc"
         if not option.required:
             assert option.accepts(option.default), f"{backend}: {option.name}'s default is not of its type"
+
+
+@pytest.mark.parametrize("backend", BUNDLED)
+def test_every_declared_option_is_documented(backend: str) -> None:
+    """docs/backends.md has a table of options, or renders the backend package's docstring."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "backends.md").read_text()
+    section = page.split(f"\n## {backend}")[1].split("\n## ")[0]
+    text = section + (inspect.getdoc(importlib.import_module(f"vmctl_{backend}")) or "")
+    for option in get_provider(backend).options or ():
+        # `name` in a table or a list, or name= in a call
+        assert re.search(rf"`{option.name}`|\b{option.name}=", text), f"{backend}: {option.name}"
 
 
 @pytest.mark.parametrize("backend", BUNDLED)
