@@ -4,7 +4,9 @@ The shared directory (the slot itself, or ``<slot>/<shared_tag>``) is filled onc
 (``copy_to_shared``, the command line), then read each second: trigger files (completion,
 temporary exit), the progress file and the heartbeat file the job names; at the end the outputs
 are copied into the slot, and the tail of the guest's console goes to ``stderr.txt``. Everything
-here is written by the guest, so every read is bounded and a bad file reads as "nothing said".
+here is written by the guest, so every read goes through :mod:`vmctl.boinc._safefs` (no link is
+followed, only regular files are read, every read is bounded) and a bad file reads as "nothing
+said": a link, a FIFO or a device is logged once and ignored; an output that is one is missing.
 
 A trigger file holds up to three lines: a number (the exit code, or a delay in seconds), a
 notice flag, and a message:
@@ -18,15 +20,27 @@ Trigger(number=0, notice=False, message='')
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
-import shutil
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmctl.boinc._outcome import Fatal
+from vmctl.boinc._safefs import (
+    UnsafeFile,
+    copy_bounded,
+    read_bounded,
+    read_tail,
+    stat_beneath,
+    unlink_beneath,
+    write_exclusive,
+)
 from vmctl.boinc._task import Task
+from vmctl.boinc.slot import SlotError
 
 __all__ = ["CONSOLE_LOG", "CONSOLE_TAIL_LINES", "GuestFiles", "Trigger", "parse_trigger", "read_fraction"]
 
@@ -35,6 +49,12 @@ log = logging.getLogger("vmctl.boinc")
 CONSOLE_LOG = "vm_console.log"
 """The guest's console, written by the hypervisor into the slot."""
 CONSOLE_TAIL_LINES = 20
+TRIGGER_MAX = 4096
+"""Bytes of a trigger file read (a number, a flag and a message)."""
+PROGRESS_TAIL = 64
+"""Bytes read from the end of the progress file."""
+DEFAULT_OUTPUT_MAX = 4 << 30
+"""The largest output copied when ``init_data.xml`` gives no ``rsc_disk_bound``."""
 
 
 @dataclass
@@ -59,16 +79,14 @@ def parse_trigger(text: str) -> Trigger:
     return Trigger(number=number, notice=notice, message=" ".join(lines[2:]).strip())
 
 
-def read_fraction(path: Path) -> float | None:
-    """The last number in the last 64 bytes of ``path``, clamped to 0..1, or None."""
+def read_fraction(root: Path, name: str) -> float | None:
+    """The last number in the last 64 bytes of ``root/name``, clamped to 0..1, or None (also for
+    a file that is not a regular file beneath ``root``)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 64))
-            lines = f.read().decode("ascii", errors="replace").split()
+        words = read_tail(root, name, PROGRESS_TAIL).decode("ascii", errors="replace").split()
     except OSError:
         return None
-    for word in reversed(lines):
+    for word in reversed(words):
         try:
             value = float(word)
         except ValueError:
@@ -88,6 +106,14 @@ class GuestFiles:
         """The task's progress, as last read (0..1)."""
         #: wall time of the last resume: a guest cannot touch its heartbeat file while suspended
         self._resumed_at: float | None = None
+        self._refused: set[str] = set()
+
+    def _refuse(self, exc: UnsafeFile) -> None:
+        """Log once per name that a guest file is not a plain regular file."""
+        name = str(exc.filename)
+        if name not in self._refused:
+            self._refused.add(name)
+            log.warning("ignoring the guest's file %s", exc)
 
     @property
     def shared_path(self) -> Path | None:
@@ -111,13 +137,16 @@ class GuestFiles:
         if task.state.shared_prepared:
             return
         for name in job.copy_to_shared:
-            source = task.slot.resolve(name)
+            try:
+                source = task.slot.resolve(name)
+            except SlotError as exc:
+                raise Fatal(f"copy_to_shared: {exc}") from None
             if not source.is_file():
                 raise Fatal(f"copy_to_shared: the file {name!r} is not in the slot ({source} is missing)")
-            shutil.copyfile(source, shared / Path(name).name)
+            write_exclusive(shared / Path(name).name, _chunks(source))
             log.info("copied %s to the shared directory", name)
         if job.copy_cmdline_to_shared:
-            (shared / "cmdline").write_text(" ".join(self._cmdline_args) + "\n")
+            write_exclusive(shared / "cmdline", (" ".join(self._cmdline_args) + "\n").encode())
         task.state.shared_prepared = True
         task.save_state()
 
@@ -127,13 +156,15 @@ class GuestFiles:
         shared = self.shared_path
         if name is None or shared is None:
             return None
-        path = shared / name
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except (FileNotFoundError, IsADirectoryError):
+            text = read_bounded(shared, name, TRIGGER_MAX).decode("utf-8", errors="replace")
+        except UnsafeFile as exc:
+            self._refuse(exc)
+            return None
+        except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
+            log.warning("cannot read %s: %s", shared / name, exc)
             return None
         return parse_trigger(text)
 
@@ -149,8 +180,8 @@ class GuestFiles:
         """Delete the temporary-exit trigger, so that the next run does not see it again."""
         shared, name = self.shared_path, self._task.job.temporary_exit_trigger_file
         assert shared is not None and name is not None
-        with contextlib.suppress(FileNotFoundError):
-            (shared / name).unlink()
+        with contextlib.suppress(FileNotFoundError, UnsafeFile):
+            unlink_beneath(shared, name)
 
     def done(self, elapsed: float) -> bool:
         """Whether the guest's work is done: the completion trigger, or (for jobs where a
@@ -162,8 +193,20 @@ class GuestFiles:
             return False
         if job.job_duration > 0 and elapsed < job.job_duration:
             return False
+        return all(o.optional or self._is_file(o.source) for o in job.outputs)
+
+    def _is_file(self, name: str) -> bool:
         shared = self.shared_path
-        return all(o.optional or (shared is not None and (shared / o.source).is_file()) for o in job.outputs)
+        if shared is None:
+            return False
+        try:
+            stat_beneath(shared, name)
+        except UnsafeFile as exc:
+            self._refuse(exc)
+            return False
+        except OSError:
+            return False
+        return True
 
     # -- progress and heartbeat ------------------------------------------------------------------
     def update_progress(self, elapsed: float) -> float:
@@ -172,7 +215,7 @@ class GuestFiles:
         shared = self.shared_path
         value = None
         if job.fraction_done_file and shared is not None:
-            value = read_fraction(shared / job.fraction_done_file)
+            value = read_fraction(shared, job.fraction_done_file)
         if value is not None:
             self.fraction_done = value
         elif job.job_duration > 0:
@@ -191,8 +234,11 @@ class GuestFiles:
         if name is None or shared is None:
             return None
         try:
-            age = time.time() - (shared / name).stat().st_mtime
-        except FileNotFoundError:
+            age = time.time() - stat_beneath(shared, name).st_mtime
+        except UnsafeFile as exc:  # a link to a busy host file is no sign of life
+            self._refuse(exc)
+            age = run_seconds
+        except OSError:
             age = run_seconds
         if self._resumed_at is not None:
             age = min(age, time.time() - self._resumed_at)
@@ -201,33 +247,64 @@ class GuestFiles:
     # -- what the guest leaves behind -------------------------------------------------------------
     def copy_outputs(self) -> list[str]:
         """Copy the job's outputs into the slot (each replaced atomically); return the required
-        outputs the guest did not produce."""
+        outputs the guest did not produce (a link, a FIFO, a device or an output over the bound
+        counts as not produced)."""
         task = self._task
         shared = self.shared_path
+        limit = int(task.init.rsc_disk_bound) if task.init.rsc_disk_bound > 0 else DEFAULT_OUTPUT_MAX
+        inputs = self._inputs()
         missing: list[str] = []
         for out in task.job.outputs:
-            source = shared / out.source if shared is not None else None
-            if source is None or not source.is_file():
+            target = self._output_target(out.target, inputs)
+            try:
+                if shared is None:
+                    raise FileNotFoundError(errno.ENOENT, "no shared directory", out.source)
+                size = copy_bounded(shared, out.source, target, limit)
+            except UnsafeFile as exc:
+                log.warning("the guest's output %s", exc)
+                size = None
+            except FileNotFoundError:
+                size = None
+            if size is None:
                 if not out.optional:
                     missing.append(out.source)
                 continue
-            target = task.slot.resolve(out.target)
-            tmp = target.with_name(f".{target.name}.vmctl-tmp")
-            shutil.copyfile(source, tmp)
-            tmp.replace(target)
-            log.info("output %s -> %s (%d bytes)", out.source, out.target, target.stat().st_size)
+            log.info("output %s -> %s (%d bytes)", out.source, out.target, size)
         return missing
+
+    def _inputs(self) -> set[str]:
+        """The files the task reads (the job file, images, files copied to the guest)."""
+        job, slot = self._task.job, self._task.slot
+        names = [n for n in (job.image, job.kernel, job.initrd, *job.copy_to_shared) if n is not None]
+        found = {os.path.realpath(job.source)} if os.path.isabs(job.source) else set()
+        for name in names:
+            with contextlib.suppress(SlotError, OSError):
+                found.add(os.path.realpath(slot.resolve(name)))
+        return found
+
+    def _output_target(self, name: str, inputs: set[str]) -> Path:
+        """Where the output ``name`` goes: inside the project directory or the slot, never over an
+        input of the task."""
+        try:
+            target = self._task.slot.resolve(name)
+        except SlotError as exc:
+            raise Fatal(f"output: {exc}") from None
+        if os.path.realpath(target) in inputs:
+            raise Fatal(f"output: {name!r} stands for {target}, an input of the task")
+        return target
 
     def log_console_tail(self) -> None:
         """Log the last lines of the guest's console (they reach the project in stderr.txt)."""
-        path = self._task.slot.path / CONSOLE_LOG
         try:
-            with open(path, "rb") as f:
-                f.seek(0, 2)
-                size = f.tell()
-                f.seek(max(0, size - 8192))
-                lines = f.read().decode("utf-8", errors="replace").splitlines()[-CONSOLE_TAIL_LINES:]
+            tail = read_tail(self._task.slot.path, CONSOLE_LOG, 8192)
         except OSError:
             return
+        lines = tail.decode("utf-8", errors="replace").splitlines()[-CONSOLE_TAIL_LINES:]
         if lines:
             log.info("last lines of the guest console:\n  %s", "\n  ".join(lines))
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(1 << 20):
+            yield data
