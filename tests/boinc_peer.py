@@ -121,7 +121,12 @@ class BoincPeer:
             name = f"v1_{open_name}"
             target = self.project_dir / name
             if Path(source).stat().st_size > 1 << 20:
-                target.symlink_to(Path(source).resolve())  # a base image is never copied
+                # A base image is never copied. Not a symlink: vmctl-boinc refuses project files
+                # that lead out of the project directory.
+                try:
+                    os.link(Path(source).resolve(), target)
+                except OSError:
+                    shutil.copyfile(source, target)
             else:
                 shutil.copyfile(source, target)
             physical[open_name] = name

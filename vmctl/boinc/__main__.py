@@ -18,6 +18,7 @@ from types import FrameType
 
 from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, Adapter
+from vmctl.boinc.hostconfig import HostConfigError, load_host_config
 from vmctl.boinc.initdata import InitDataError, read_init_data
 from vmctl.boinc.job import JobError, find_job_file, load_job
 from vmctl.boinc.shm import SharedMemoryError, open_shared_memory
@@ -96,14 +97,15 @@ def _reap(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    slot = Slot(args.slot or Path.cwd())
+    path = Path(args.slot or Path.cwd())
     try:
-        init = read_init_data(slot.path)
+        init = read_init_data(path)
     except InitDataError as exc:
         log.error("%s", exc)
         return EXIT_INIT_FAILURE
+    slot = Slot(path, project_dir=init.project_dir or None)
     try:
-        job = load_job(args.job or find_job_file(slot.path))
+        job = load_job(args.job or find_job_file(slot.path, slot.project_dir))
         job = job.with_overrides(
             cpus=math.ceil(args.nthreads) if args.nthreads else None, memory_mib=args.memory_size_mb
         )
@@ -111,11 +113,16 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("job file error: %s", exc)
         return EXIT_INIT_FAILURE
     try:
+        profile = load_host_config().profile(job.backend)
+    except HostConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_INIT_FAILURE
+    try:
         shm = open_shared_memory(slot.path, init.shm_key)
     except SharedMemoryError as exc:
         log.error("cannot talk to the BOINC client: %s", exc)
         return EXIT_INIT_FAILURE
-    adapter = Adapter(slot, init, job, shm, cmdline_args=argv)
+    adapter = Adapter(slot, init, job, shm, cmdline_args=argv, profile=profile)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         adapter.request_quit(f"signal {signal.Signals(signum).name}")

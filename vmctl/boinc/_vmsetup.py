@@ -1,6 +1,8 @@
 """Setting up a task's VM: the backend connection, the machine spec the job file describes, the
 VM's creation, and its registration with the reaper.
 
+The backend and its connection options come from the host's profile the job names (see
+:mod:`vmctl.boinc.hostconfig`); the job adds only options that choose nothing on the host.
 The spec comes from the job and the slot: the base image, kernel and initrd the slot links to
 (a missing file is hypervisor-side trouble, retried; an empty one is a broken task), the CPUs the
 client gives the task, port forwards on loopback, the shared directories, and the guest console
@@ -12,9 +14,12 @@ VMs of tasks that vanished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
+import os
 import socket
+import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +30,8 @@ from vmctl.boinc import reaper
 from vmctl.boinc._guestfiles import CONSOLE_LOG
 from vmctl.boinc._outcome import Fatal, Trouble
 from vmctl.boinc._task import Task
+from vmctl.boinc.hostconfig import Profile
+from vmctl.boinc.slot import SlotError
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -35,6 +42,7 @@ __all__ = [
     "create_machine",
     "default_connect",
     "machine_spec",
+    "prepare_console_log",
 ]
 
 log = logging.getLogger("vmctl.boinc")
@@ -50,17 +58,19 @@ def default_connect(backend: str, options: dict[str, Any]) -> vmctl.Hypervisor:
     return vmctl.connect(backend, **options)
 
 
-def backend_options(task: Task) -> dict[str, Any]:
-    """The job's backend options with ``{slot}`` and ``{project}`` filled in; for QEMU, a state
-    directory in the slot unless the job names one (recorded in the task's record)."""
+def backend_options(task: Task, profile: Profile) -> dict[str, Any]:
+    """The profile's options with ``{slot}`` and ``{project}`` filled in, plus the job's own
+    (only :data:`~vmctl.boinc.hostconfig.JOB_BACKEND_OPTIONS`); for QEMU, a state directory in
+    the slot unless the profile names one (recorded in the task's record)."""
 
     def expand(value: Any) -> Any:
         if isinstance(value, str):
             return value.replace("{slot}", str(task.slot.path)).replace("{project}", task.init.project_dir)
         return value
 
-    options = {k: expand(v) for k, v in task.job.backend_options.items()}
-    if task.job.backend == "qemu" and "state_dir" not in options:
+    options = {k: expand(v) for k, v in profile.options.items()}
+    options.update(task.job.backend_options)
+    if profile.backend == "qemu" and "state_dir" not in options:
         # The VM's overlay, saved state and snapshots live in the slot: they survive a client
         # restart, count against the task's disk bound like vboxwrapper's VM folder, and the
         # client deletes them with the slot when the task ends.
@@ -83,7 +93,10 @@ def connect_backend(connect: Connect, backend: str, options: dict[str, Any]) -> 
 def _slot_file(task: Task, what: str, name: str | None) -> Path | None:
     if name is None:
         return None
-    path = task.slot.resolve(name)
+    try:
+        path = task.slot.resolve(name)
+    except SlotError as exc:
+        raise Fatal(f"the {what}: {exc}") from None
     if not path.exists():
         raise Trouble(f"the {what} {name!r} is missing ({path})")
     if not path.is_file():
@@ -91,6 +104,35 @@ def _slot_file(task: Task, what: str, name: str | None) -> Path | None:
     if path.stat().st_size == 0:
         raise Fatal(f"the {what} {name!r} is empty ({path})")
     return path
+
+
+def prepare_console_log(path: Path) -> None:
+    """Create the guest's console log as a private (0600) regular file before the hypervisor
+    appends to it; whatever else is at ``path`` (a link, a FIFO) is removed, never followed."""
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EWOULDBLOCK):
+                raise
+            _remove(path)
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, 0o600)
+                return
+        finally:
+            os.close(fd)
+        _remove(path)
+    raise Fatal(f"cannot create the console log {path}: something keeps replacing it")
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
 
 
 def _free_port() -> int:
@@ -151,12 +193,17 @@ def create_machine(hv: vmctl.Hypervisor, task: Task, spec: vmctl.MachineSpec) ->
         spec.disk or spec.kernel,
         "on" if spec.network else "off",
     )
+    if spec.serial_log is not None:
+        prepare_console_log(spec.serial_log)
     try:
         try:
             vm = hv.create(spec)
         except vmctl.Unsupported as exc:
             if spec.serial_log is None:
                 raise
+            with contextlib.suppress(OSError):
+                if spec.serial_log.stat().st_size == 0:
+                    spec.serial_log.unlink()
             # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
             vm = hv.create(replace(spec, serial_log=None))
             log.warning("no %s: the backend cannot write the guest console to a file here (%s)", CONSOLE_LOG, exc)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,9 +68,18 @@ from vmctl.boinc._vmpolicy import SAVE_RETRY_PAUSE as SAVE_RETRY_PAUSE
 from vmctl.boinc._vmpolicy import SAVE_RETRY_TIME as SAVE_RETRY_TIME
 from vmctl.boinc._vmpolicy import VmPolicy
 from vmctl.boinc._vmsetup import DEFAULT_STATE_DIR as DEFAULT_STATE_DIR
-from vmctl.boinc._vmsetup import Connect, Registration, backend_options, connect_backend, create_machine, machine_spec
+from vmctl.boinc._vmsetup import (
+    Connect,
+    Registration,
+    backend_options,
+    connect_backend,
+    create_machine,
+    machine_spec,
+    prepare_console_log,
+)
 from vmctl.boinc._vmsetup import default_connect as default_connect
 from vmctl.boinc.errors import BoincError
+from vmctl.boinc.hostconfig import Profile
 from vmctl.boinc.initdata import InitData, InitDataError, read_init_data
 from vmctl.boinc.job import Job
 from vmctl.boinc.shm import Channel, SharedMemory
@@ -113,7 +123,15 @@ class Adapter:
         registry: Path | None = None,
         reap_at_start: bool = True,
         cmdline_args: Sequence[str] = (),
+        profile: Profile | None = None,
     ) -> None:
+        # The host's profile gives the backend; without one (a library caller) the job's backend
+        # name is used with that backend's own defaults.
+        profile = profile or Profile(job.backend, job.backend, {})
+        if profile.backend != job.backend:
+            job = dataclasses.replace(job, backend=profile.backend)
+        if slot.project_dir is None and init.project_dir:
+            slot = Slot(slot.path, project_dir=init.project_dir)
         self._task = Task(slot, init, job, clock=clock, sleep=sleep)
         self.shm = shm
         self.connect = connect
@@ -124,7 +142,7 @@ class Adapter:
             self.registry = reaper.registry_dir(Path(init.boinc_dir))
         self.reap_at_start = reap_at_start
         self.cmdline_args = list(cmdline_args)
-        self.backend_options = backend_options(self._task)
+        self.backend_options = backend_options(self._task, profile)
         now = clock()
 
         self._cpu = CpuTime(self._task)
@@ -286,6 +304,9 @@ class Adapter:
         hv = self._policy.hv = connect_backend(self.connect, job.backend, self.backend_options)
         self._registration.register()
         self._files.prepare_shared()
+        console = task.slot.path / CONSOLE_LOG
+        if os.path.lexists(console):  # a new VM's log is made by create_machine
+            prepare_console_log(console)
         try:
             self._policy.vm = hv.machine(task.vm_name)
             log.info("found the VM %s (%s)", task.vm_name, self._policy.vm.state.value)

@@ -22,11 +22,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmctl.boinc._xmlsafe import XmlRefused, parse_xml
 from vmctl.boinc.errors import BoincError
 
 __all__ = ["INIT_DATA_FILE", "InitData", "InitDataError", "parse_init_data", "read_init_data"]
 
 INIT_DATA_FILE = "init_data.xml"
+_MAX_SIZE = 1 << 20
 
 
 class InitDataError(BoincError):
@@ -95,18 +97,17 @@ def _int(root: ET.Element, path: str) -> int | None:
 
 def _parse_xml(text: str) -> ET.Element:
     try:
-        # The client writes this file from its own state; the XML is trusted like the app itself.
-        return ET.fromstring(text)  # noqa: S314
-    except ET.ParseError as first:
+        return parse_xml(text)
+    except XmlRefused as first:
         # Project preferences are copied verbatim from the project's server and are the one part
         # that may not be well-formed; nothing the adapter needs is in them.
         stripped = re.sub(r"<project_preferences>.*?</project_preferences>", "", text, flags=re.S)
-        if stripped == text:
-            raise InitDataError(f"init_data.xml is not well-formed XML: {first}") from None
+        if stripped == text or "DTD" in str(first):
+            raise InitDataError(f"init_data.xml: {first}") from None
         try:
-            return ET.fromstring(stripped)  # noqa: S314
-        except ET.ParseError as exc:
-            raise InitDataError(f"init_data.xml is not well-formed XML: {exc}") from None
+            return parse_xml(stripped)
+        except XmlRefused as exc:
+            raise InitDataError(f"init_data.xml: {exc}") from None
 
 
 def parse_init_data(text: str) -> InitData:
@@ -151,11 +152,15 @@ def read_init_data(slot: Path) -> InitData:
     """Read ``<slot>/init_data.xml``; raises :class:`InitDataError` if it is missing or bad."""
     path = Path(slot) / INIT_DATA_FILE
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:
+            data = f.read(_MAX_SIZE + 1)
     except FileNotFoundError:
         raise InitDataError(f"{path} does not exist: vmctl-boinc must be started by a BOINC client") from None
     except OSError as exc:
         raise InitDataError(f"cannot read {path}: {exc}") from exc
+    if len(data) > _MAX_SIZE:
+        raise InitDataError(f"{path} is over {_MAX_SIZE} bytes")
+    text = data.decode("utf-8", errors="replace")
     if not text.strip():
         raise InitDataError(f"{path} is empty")
     return parse_init_data(text)

@@ -3,7 +3,7 @@
 The native format is TOML, ``vmctl_job.toml`` in the slot (an app-version file, usually). The
 keys (all optional except a disk ``image`` or a ``kernel``)::
 
-    backend = "qemu"                    # any installed vmctl backend
+    backend = "qemu"                    # a backend profile of the host (see hostconfig)
     image = "vm_image.qcow2"            # the base disk: an open name in the slot; never copied
     kernel = "vmlinuz"                  # direct kernel boot (open names in the slot) ...
     initrd = "initrd.img"
@@ -26,8 +26,8 @@ keys (all optional except a disk ``image`` or a ``kernel``)::
     max_retries = 10                    # hypervisor troubles in a row before the task fails
     retry_delay = 30                    # first retry delay (s); doubles each time, at most 1 h
 
-    [backend_options]                   # passed to vmctl.connect(); "{slot}" and "{project}"
-    accel = "tcg"                       # expand to the slot and project directories
+    [backend_options]                   # only what chooses nothing on the host (see
+    accel = "tcg"                       # hostconfig.JOB_BACKEND_OPTIONS)
 
     [[port_forward]]
     guest_port = 80
@@ -37,7 +37,12 @@ keys (all optional except a disk ``image`` or a ``kernel``)::
     from = "result.txt"                 # in the shared dir
     to = "result"                       # the result's output file (its open name in the slot)
 
-Unknown keys are errors. BOINC vboxwrapper's ``vbox_job.xml`` is read too (see
+Unknown keys are errors, and so is every value that could reach outside the slot: names with
+``..`` or a leading ``/``, a ``shared_tag`` that is not a plain name, an ``[[output]] to`` or a
+``shared_tag`` naming one of the client's or the adapter's own slot files, a backend option that
+chooses a program, a URI, a host or a directory (those come from the host's profile).
+
+BOINC vboxwrapper's ``vbox_job.xml`` is read too (see
 :data:`VBOX_KEYS`): every key it cannot honour is reported, never silently ignored.
 
 >>> job = parse_toml('image = "disk.qcow2"\\nmemory_mib = 512\\n[backend_options]\\naccel = "tcg"\\n')
@@ -54,6 +59,7 @@ Unknown keys are errors. BOINC vboxwrapper's ``vbox_job.xml`` is read too (see
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -61,7 +67,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from vmctl.boinc._xmlsafe import XmlRefused, parse_xml
 from vmctl.boinc.errors import BoincError
+from vmctl.boinc.hostconfig import JOB_BACKEND_OPTIONS
 
 __all__ = [
     "JOB_FILES",
@@ -81,6 +89,23 @@ JOB_FILES = ("vmctl_job.toml", "vbox_job.xml")
 DEFAULT_SHARED_TAG = "shared"
 #: vboxwrapper's default disk image name.
 VBOX_DEFAULT_IMAGE = "vm_image.vdi"
+#: Slot files of the client and the adapter: no output may overwrite one, no share be one.
+RESERVED_SLOT_NAMES = frozenset(
+    {
+        "init_data.xml",
+        "boinc_mmap_file",
+        "boinc_finish_called",
+        "boinc_temporary_exit",
+        "boinc_task_state.xml",
+        "stderr.txt",
+        "vmctl_state.json",
+        "vm_console.log",
+        "vm",
+        *JOB_FILES,
+    }
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_MAX_JOB_SIZE = 1 << 20
 
 
 class JobError(BoincError):
@@ -185,8 +210,36 @@ class Job:
             *(o.source for o in self.outputs),
         ):
             if name is not None:
-                _relative_name("shared-directory file", name)
+                _relative_name(f"{self.source}: shared-directory file", name)
+        for what, name in (("image", self.image), ("kernel", self.kernel), ("initrd", self.initrd)):
+            if name is not None:
+                _relative_name(f"{self.source}: '{what}'", name)
+        for name in self.copy_to_shared:
+            _relative_name(f"{self.source}: copy_to_shared", name)
+        for out in self.outputs:
+            _relative_name(f"{self.source}: output 'to'", out.target)
+            if Path(out.target).parts[0] in RESERVED_SLOT_NAMES:
+                raise JobError(f"{self.source}: output 'to' {out.target!r} would overwrite a file of the client")
+        if not _PLAIN_NAME.fullmatch(self.backend):
+            raise JobError(f"{self.source}: 'backend' {self.backend!r} is not a profile name")
+        if not _PLAIN_NAME.fullmatch(self.shared_tag) or self.shared_tag in RESERVED_SLOT_NAMES:
+            raise JobError(
+                f"{self.source}: 'shared_tag' {self.shared_tag!r} must be a plain name (letters, digits, '_', '.', "
+                "'-'; at most 64) and none of the slot's own files"
+            )
+        self._check_backend_options()
         return self
+
+    def _check_backend_options(self) -> None:
+        for key, value in self.backend_options.items():
+            allowed = JOB_BACKEND_OPTIONS.get(key)
+            if allowed is None:
+                raise JobError(
+                    f"{self.source}: the backend option '{key}' may not be set by a job file (the host's backend "
+                    f"profile sets it); a job may set: {', '.join(sorted(JOB_BACKEND_OPTIONS))}"
+                )
+            if value not in allowed:
+                raise JobError(f"{self.source}: the backend option '{key}' must be one of {', '.join(allowed)}")
 
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -247,6 +300,8 @@ def parse_toml(text: str, source: str = "vmctl_job.toml") -> Job:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"{source} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise JobError(f"{source} is nested too deeply") from None
     unknown = sorted(set(data) - _TOML_KEYS)
     if unknown:
         raise JobError(
@@ -411,10 +466,9 @@ def _xml_str(el: ET.Element) -> str:
 def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     """Parse a vboxwrapper ``vbox_job.xml``; unhonoured keys end up in ``Job.notes``."""
     try:
-        # Written by the project that also ships the VM image: trusted like the app.
-        root = ET.fromstring(text)  # noqa: S314
-    except ET.ParseError as exc:
-        raise JobError(f"{source} is not well-formed XML: {exc}") from None
+        root = parse_xml(text)
+    except XmlRefused as exc:
+        raise JobError(f"{source}: {exc}") from None
     if root.tag != "vbox_job":
         raise JobError(f"{source}: the root element is <{root.tag}>, not <vbox_job>")
     values: dict[str, Any] = {"source": source, "image": VBOX_DEFAULT_IMAGE, "poweroff_completes": True}
@@ -514,14 +568,18 @@ def _vbox_port_forward(source: str, el: ET.Element, notes: list[str]) -> list[Po
 # -- finding and loading ---------------------------------------------------------------------------
 
 
-def find_job_file(slot: Path) -> Path:
-    """The job file for ``slot``: ``vmctl_job.toml`` or else ``vbox_job.xml`` (links resolved)."""
-    from vmctl.boinc.slot import Slot
+def find_job_file(slot: Path, project_dir: str | Path | None = None) -> Path:
+    """The job file for ``slot``: ``vmctl_job.toml`` or else ``vbox_job.xml`` (links resolved,
+    inside the project directory or the slot)."""
+    from vmctl.boinc.slot import Slot, SlotError
 
-    s = Slot(slot)
+    s = Slot(slot, project_dir=project_dir)
     for name in JOB_FILES:
         if (s.path / name).exists() or (s.path / name).is_symlink():
-            return s.resolve(name)
+            try:
+                return s.resolve(name)
+            except SlotError as exc:
+                raise JobError(str(exc)) from None
     raise JobError(f"no job file in the slot {s.path}: ship {' or '.join(JOB_FILES)} with the app version")
 
 
@@ -529,7 +587,11 @@ def load_job(path: Path) -> Job:
     """Read and parse a job file: vboxwrapper XML if it starts with ``<``, else TOML."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(_MAX_JOB_SIZE + 1)
+        if len(data) > _MAX_JOB_SIZE:
+            raise JobError(f"the job file {path} is over {_MAX_JOB_SIZE} bytes")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise JobError(f"the job file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -13,14 +13,21 @@ A run ends with one of (read by the client when the app exits):
   client retries the task after the delay. Without a reason line the client ignores the file.
 
 >>> import pathlib, tempfile
->>> slot = Slot(pathlib.Path(tempfile.mkdtemp()))
->>> _ = (slot.path / "job.toml").write_text("<soft_link>../proj/job.toml</soft_link>\\n")
->>> slot.resolve("job.toml") == (slot.path.parent / "proj" / "job.toml")
+>>> boinc = pathlib.Path(tempfile.mkdtemp())
+>>> slot = Slot(boinc / "slots" / "0", project_dir=boinc / "projects" / "p")
+>>> slot.path.mkdir(parents=True)
+>>> _ = (slot.path / "job.toml").write_text("<soft_link>../../projects/p/job.toml</soft_link>\\n")
+>>> slot.resolve("job.toml") == boinc / "projects" / "p" / "job.toml"
 True
+>>> _ = (slot.path / "key").write_text("<soft_link>/etc/shadow</soft_link>\\n")
+>>> slot.resolve("key")
+Traceback (most recent call last):
+...
+vmctl.boinc.slot.SlotError: 'key' stands for /etc/shadow, outside the project directory and the slot
 >>> slot.write_temporary_exit(60, "hypervisor busy")
 >>> (slot.path / TEMPORARY_EXIT_FILE).read_text()
 '60\\nhypervisor busy\\n'
->>> import shutil; shutil.rmtree(slot.path)
+>>> import shutil; shutil.rmtree(boinc)
 """
 
 from __future__ import annotations
@@ -58,13 +65,22 @@ class SlotError(BoincError):
 
 
 class Slot:
-    """One slot directory (the app's working directory)."""
+    """One slot directory (the app's working directory). Its links may lead into the slot and
+    the project directory (``project_dir``; unknown: any project of the BOINC data directory,
+    ``<slot>/../../projects``), nowhere else."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, project_dir: str | Path | None = None) -> None:
         self.path = Path(path).absolute()
+        self.project_dir = Path(project_dir).absolute() if project_dir else None
 
     def __repr__(self) -> str:
         return f"Slot({str(self.path)!r})"
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """The directories the slot's files may stand for files in."""
+        projects = self.project_dir or self.path.parent.parent / "projects"
+        return (self.path, projects)
 
     def file(self, name: str) -> Path:
         """``name`` in the slot itself (no link resolution); refuses names that leave the slot."""
@@ -75,7 +91,17 @@ class Slot:
 
     def resolve(self, name: str) -> Path:
         """The file the slot's ``name`` stands for: a symlink's target, a soft-link file's target,
-        or the slot's own file. The result may not exist (a dangling link); the caller checks."""
+        or the slot's own file. The result may not exist (a dangling link); the caller checks.
+        A target outside the project directory and the slot (after every link on the way) is a
+        :class:`SlotError`."""
+        target = self._target(name)
+        real = os.path.realpath(target)
+        for root in self.roots:
+            if os.path.commonpath([real, os.path.realpath(root)]) == os.path.realpath(root):
+                return target
+        raise SlotError(f"{name!r} stands for {target}, outside the project directory and the slot")
+
+    def _target(self, name: str) -> Path:
         path = self.file(name)
         if path.is_symlink():
             return Path(os.path.normpath(path.parent / os.readlink(path)))
@@ -85,7 +111,7 @@ class Slot:
                     head = f.read(_SOFT_LINK_MAX).decode("utf-8", errors="replace")
                 match = _SOFT_LINK.match(head.lstrip())
                 if match:
-                    # Relative to the slot (the client writes ../../projects/...); may be absolute.
+                    # Relative to the slot (the client writes ../../projects/...).
                     return Path(os.path.normpath(self.path / match.group(1)))
         except OSError:
             pass
