@@ -14,13 +14,14 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vmctl.errors import MachineExists, MachineNotFound, OperationTimeout, VmctlError
+from vmctl.errors import BackendUnavailable, MachineExists, MachineNotFound, OperationTimeout, VmctlError
 from vmctl.types import validate_name
 
 __all__ = ["MachineStore", "atomic_write", "default_state_dir", "flock_exclusive"]
@@ -71,6 +72,19 @@ def flock_exclusive(fd: int, what: str, timeout: float) -> None:
             time.sleep(0.02)
 
 
+def _check_private(root: Path, backend: str) -> None:
+    """Refuse a state directory that another user owns or that others may write: whoever can
+    write it can rewrite the machine records (and so the commands vmctl runs)."""
+    st = root.stat()
+    if st.st_uid != os.geteuid():
+        raise BackendUnavailable(backend, f"the state directory {root} belongs to uid {st.st_uid}, not to this user")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BackendUnavailable(
+            backend,
+            f"the state directory {root} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):o})",
+        )
+
+
 class MachineStore:
     """Machine directories under ``root``: ``root/<name>/machine.json`` and friends."""
 
@@ -78,6 +92,7 @@ class MachineStore:
         self.root = Path(root).expanduser().absolute()
         self.backend = backend
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_private(self.root, backend)
 
     def path(self, name: str) -> Path:
         return self.root / validate_name(name)
