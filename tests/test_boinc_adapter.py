@@ -34,6 +34,7 @@ from vmctl.boinc.adapter import (
     Adapter,
     trouble_delay,
 )
+from vmctl.boinc.hostconfig import CONFIG_ENV
 from vmctl.boinc.initdata import read_init_data
 from vmctl.boinc.job import find_job_file, load_job
 from vmctl.boinc.shm import open_shared_memory
@@ -710,11 +711,17 @@ def test_stderr_lines_are_timestamped_and_job_errors_fail_clearly(env: Env) -> N
 def test_console_script_runs_a_task_to_completion(env: Env) -> None:
     """The whole program as the client starts it (memory backend: the VM lives in the adapter's
     process), for a guest whose work is already done."""
-    env.write_job('[backend_options]\nnamespace = "e2e"\n')
+    config = env.boinc_dir.parent / "boinc.toml"  # the host's, outside the BOINC data directory
+    config.write_text('[profiles.memory]\nbackend = "memory"\noptions = { namespace = "e2e" }\n')
     (env.shared()).mkdir()
     (env.shared() / "done").write_text("0\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "vmctl.boinc"], cwd=env.slot, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "vmctl.boinc"],
+        cwd=env.slot,
+        env={**os.environ, CONFIG_ENV: str(config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert (env.slot / FINISH_FILE).read_text() == "0\n"

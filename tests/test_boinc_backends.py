@@ -3,7 +3,8 @@
 One scenario, the life of a task, runs on each backend through the real adapter in-process (as
 in tests/test_boinc_adapter.py) with the client double :class:`FakeClient` writing the real
 ``boinc_mmap_file`` messages. The adapter connects itself, with ``vmctl.connect()`` and the
-backend options of the job file; the test opens a second connection to look at what it did.
+connection options of the host's backend profile (the job file only names it); the test opens a
+second connection to look at what it did.
 
 1. The first run creates the VM from the job's base image without copying it (VirtualBox: a
    multiattach base with a differencing image in the VM's folder; Workstation: a linked clone
@@ -59,6 +60,7 @@ from tests.contract.harness_vmware import load_simulator as load_vmrun_simulator
 from tests.test_boinc_adapter import Env, make_env, started
 from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, PARK_DELAY, Adapter
+from vmctl.boinc.hostconfig import Profile
 from vmctl.boinc.initdata import read_init_data
 from vmctl.boinc.job import find_job_file, load_job
 from vmctl.boinc.shm import open_shared_memory
@@ -81,7 +83,6 @@ min_checkpoint_interval = {CHECKPOINT_PERIOD}
 retry_delay = 1
 {{extra}}
 [backend_options]
-{{options}}
 """
 
 SHARED_JOB = """\
@@ -117,6 +118,8 @@ class Task:
         self.project.mkdir(parents=True)
         self.slot.mkdir(parents=True)
         self.clock = Clock()
+        #: the host's backend profile the job names (set by the backend's setup)
+        self.profile: Profile | None = None
         self.client = FakeClient(
             self.slot,
             project_dir=str(self.project),
@@ -147,6 +150,7 @@ class Task:
             load_job(find_job_file(self.slot)),
             open_shared_memory(self.slot, init.shm_key),
             clock=self.clock,
+            profile=self.profile,
         )
 
     def step(self, adapter: Adapter, tick: int) -> int | None:
@@ -277,9 +281,8 @@ class VirtualBoxSim(Backend):
             "retry_delay": 0.01,
         }
         self.base_folder = task.slot / "vm"
-        task.write_job(
-            COMMON_JOB.format(backend=self.name, image=self.image, extra=SHARED_JOB, options=toml_table(self.options))
-        )
+        task.write_job(COMMON_JOB.format(backend=self.name, image=self.image, extra=SHARED_JOB))
+        task.profile = Profile(self.name, self.name, self.options)
         self.hv = vmctl.connect("virtualbox", **dict(self.options, base_folder=str(self.base_folder)))
 
     def connect(self) -> vmctl.Hypervisor:
@@ -351,9 +354,8 @@ class VmwareWsSim(Backend):
         task.link(self.image, self.base.name)
         self.base_bytes = self.base.read_bytes()
         self.options = {"product": self.product, "vmrun": str(self.vmrun), "vm_dir": str(self.vm_dir)}
-        task.write_job(
-            COMMON_JOB.format(backend=self.name, image=self.image, extra=SHARED_JOB, options=toml_table(self.options))
-        )
+        task.write_job(COMMON_JOB.format(backend=self.name, image=self.image, extra=SHARED_JOB))
+        task.profile = Profile(self.name, self.name, self.options)
         self.hv = vmctl.connect("vmware", **self.options)
 
     def connect(self) -> vmctl.Hypervisor:
@@ -438,9 +440,8 @@ class VsphereVcsim(Backend):
             "ca_file": str(self.server.cert_file),
             "folder": "boinc",
         }
-        task.write_job(
-            COMMON_JOB.format(backend=self.name, image=self.image, extra="", options=toml_table(self.options))
-        )
+        task.write_job(COMMON_JOB.format(backend=self.name, image=self.image, extra=""))
+        task.profile = Profile(self.name, self.name, self.options)
         self.hv = vmctl.connect("vsphere", **dict(self.options, password_file=str(password_file)))
 
     def connect(self) -> vmctl.Hypervisor:
@@ -495,10 +496,6 @@ class VsphereVcsim(Backend):
             self.hv.close()
         finally:
             self.server.stop()
-
-
-def toml_table(options: dict[str, Any]) -> str:
-    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
 
 
 BACKENDS: dict[str, type[Backend]] = {

@@ -252,7 +252,6 @@ max_retries = 4
 
 [backend_options]
 accel = "tcg"
-state_dir = "{slot}/vm"
 
 [[port_forward]]
 guest_port = 80
@@ -273,7 +272,7 @@ def test_toml_job_every_key() -> None:
     assert (job.backend, job.image, job.kernel, job.initrd) == ("qemu", "vm.qcow2", "vmlinuz", "initrd.img")
     assert (job.memory_mib, job.cpus, job.network, job.shared_dir) == (512, 2, True, True)
     assert job.port_forwards == (PortForwardSpec(guest_port=80, host_port=0),)
-    assert job.backend_options == {"accel": "tcg", "state_dir": "{slot}/vm"}
+    assert job.backend_options == {"accel": "tcg"}
     assert [(o.source, o.target, o.optional) for o in job.outputs] == [
         ("result.txt", "result", False),
         ("log.txt", "log", True),
