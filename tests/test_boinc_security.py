@@ -22,11 +22,14 @@ import pytest
 import vmctl
 from tests.test_boinc_adapter import Env, make_env, output_job, started
 from vmctl.boinc._safefs import UnsafeFile, copy_bounded, read_bounded, read_tail, stat_beneath, write_exclusive
-from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_INIT_FAILURE
+from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import CONFIG_ENV, HostConfigError, Profile, load_host_config
-from vmctl.boinc.initdata import InitDataError, parse_init_data
-from vmctl.boinc.job import JobError, parse_toml, parse_vbox_xml
+from vmctl.boinc.initdata import InitDataError, parse_init_data, read_init_data
+from vmctl.boinc.job import JobError, find_job_file, load_job, parse_toml, parse_vbox_xml
+from vmctl.boinc.shm import open_shared_memory
 from vmctl.boinc.slot import FINISH_FILE, Slot, SlotError
+from vmctl.boinc.testing import FakeClient
+from vmctl.testguest import ensure_test_guest
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -501,3 +504,73 @@ def test_a_state_dir_others_may_write_is_refused(tmp_path: Path, mode: int) -> N
     root.chmod(mode)
     with pytest.raises(vmctl.BackendUnavailable, match="writable"):
         vmctl.connect("qemu", state_dir=root)
+
+
+# -- 1. on real QEMU: the test guest plants links and special files in its share --------------------
+
+HOSTILE_RUN_SH = """\
+mnt=/run/hostile
+mkdir -p "$mnt"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "$VMCTL_SHARE_TAG" "$mnt"
+ln -s {secret} "$mnt/result.txt"
+ln -s /dev/zero "$mnt/progress"
+mkfifo "$mnt/later" || true
+echo 0 > "$mnt/done"
+sync
+umount "$mnt"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_hostile_guest_on_qemu_gets_no_host_file_into_its_result(tmp_path: Path, secret: Path) -> None:
+    guest = ensure_test_guest()
+    boinc_dir = tmp_path / "boinc"
+    project, slot_dir = boinc_dir / "projects" / "p", boinc_dir / "slots" / "0"
+    project.mkdir(parents=True)
+    slot_dir.mkdir(parents=True)
+    files = {"vmlinuz": guest.kernel, "initrd.img": guest.initrd}
+    for name, source in files.items():
+        os.link(source, project / name)
+    (project / "run.sh").write_text(HOSTILE_RUN_SH.format(secret=secret))
+    (project / "job.toml").write_text(
+        f'backend = "qemu"\nkernel = "vmlinuz"\ninitrd = "initrd.img"\n'
+        f'cmdline = "{guest.cmdline} vmctl.share=shared"\nmemory_mib = 256\nshared_dir = true\n'
+        'copy_to_shared = ["run.sh"]\nfraction_done_file = "progress"\ncompletion_trigger_file = "done"\n'
+        'temporary_exit_trigger_file = "later"\n[backend_options]\naccel = "tcg"\n'
+        '[[output]]\nfrom = "result.txt"\nto = "result"\n'
+    )
+    links = {"vmctl_job.toml": "job.toml", "run.sh": "run.sh", "result": "wu_0_0_r0", **{n: n for n in files}}
+    for open_name, physical in links.items():
+        (slot_dir / open_name).write_text(f"<soft_link>../../projects/p/{physical}</soft_link>\n")
+    client = FakeClient(slot_dir, project_dir=str(project), boinc_dir=str(boinc_dir))
+    try:
+        data = read_init_data(slot_dir)
+        adapter = Adapter(
+            Slot(slot_dir),
+            data,
+            load_job(find_job_file(slot_dir)),
+            open_shared_memory(slot_dir, data.shm_key),
+            reap_at_start=False,
+        )
+        code = adapter.start()
+        deadline = time.monotonic() + 240
+        tick = 0
+        while code is None:
+            assert time.monotonic() < deadline, "the task did not end: the adapter hangs"
+            if tick % 10 == 0:
+                client.heartbeat()
+            client.poll()
+            code = adapter.step()
+            tick += 1
+            time.sleep(0.1)
+    finally:
+        client.close()
+        with contextlib.suppress(vmctl.VmctlError):
+            hv = vmctl.connect("qemu", state_dir=slot_dir / "vm")
+            for vm in hv.machines():
+                vm.destroy()
+    assert code == EXIT_CHILD_FAILED, "a link is not an output: the task fails"
+    result = project / "wu_0_0_r0"
+    assert not result.exists() or SECRET not in result.read_text()
+    assert secret.read_text() == SECRET
