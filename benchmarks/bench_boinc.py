@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import psutil
 
 import vmctl
 from vmctl.boinc.adapter import POLL_INTERVAL, STATUS_INTERVAL, Adapter
+from vmctl.boinc.hostconfig import CONFIG_ENV
 from vmctl.boinc.initdata import read_init_data
 from vmctl.boinc.job import find_job_file, load_job
 from vmctl.boinc.shm import Channel, open_shared_memory
@@ -81,7 +83,12 @@ def make_slot(root: Path, job: str, files: dict[str, Path]) -> tuple[Path, FakeC
     (project / "job.toml").write_text(job)
     (slot / "vmctl_job.toml").write_text("<soft_link>../../projects/p/job.toml</soft_link>\n")
     for name, path in files.items():
-        (slot / name).symlink_to(path)
+        # into the project directory (vmctl-boinc refuses slot links that lead out of it)
+        try:
+            os.link(path, project / name)
+        except OSError:
+            shutil.copyfile(path, project / name)
+        (slot / name).write_text(f"<soft_link>../../projects/p/{name}</soft_link>\n")
     client = FakeClient(slot, project_dir=str(project), boinc_dir=str(root), checkpoint_period=3600.0)
     return slot, client
 
@@ -126,8 +133,6 @@ def supervise_cpu(pid: int, seconds: float) -> tuple[float, float]:
 MEMORY_JOB = """backend = "memory"
 image = "disk.img"
 min_checkpoint_interval = 3600
-[backend_options]
-namespace = "bench"
 """
 
 
@@ -160,14 +165,21 @@ def bench_memory(root: Path, trials: int, seconds: float) -> dict[str, object]:
 
     # The supervision cost needs the adapter in a process of its own.
     slot, client = make_slot(root / "cpu", MEMORY_JOB, {"disk.img": disk})
-    cpu, wall = run_program(slot, client, lambda: client.shm.pending(Channel.APP_STATUS), seconds)
+    config = root / "host-boinc.toml"  # the host's backend profiles: the job names "memory"
+    config.write_text('[profiles.memory]\nbackend = "memory"\noptions = { namespace = "bench" }\n')
+    env = {**os.environ, CONFIG_ENV: str(config)}
+    cpu, wall = run_program(slot, client, lambda: client.shm.pending(Channel.APP_STATUS), seconds, env)
     return {"latency": latency, "cpu": cpu, "wall": wall}
 
 
-def run_program(slot: Path, client: FakeClient, ready: Callable[[], object], seconds: float) -> tuple[float, float]:
+def run_program(
+    slot: Path, client: FakeClient, ready: Callable[[], object], seconds: float, env: dict[str, str] | None = None
+) -> tuple[float, float]:
     """Start ``python -m vmctl.boinc`` in ``slot``; measure its own CPU while it supervises."""
     log = open(slot.parent / "adapter.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "vmctl.boinc"], cwd=slot, stderr=log, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmctl.boinc"], cwd=slot, stderr=log, stdin=subprocess.DEVNULL, env=env
+    )
     try:
         with heartbeats(client):
             deadline = time.monotonic() + 120

@@ -338,6 +338,23 @@ def test_a_bad_host_configuration_is_a_typed_error(tmp_path: Path, text: str, wh
         load_host_config(path)
 
 
+def test_a_host_configuration_in_the_boinc_data_directory_is_refused(env: Env) -> None:
+    config = env.boinc_dir / "boinc.toml"
+    config.write_text('[profiles.memory]\nbackend = "memory"\n')
+    with pytest.raises(HostConfigError, match="where projects write"):
+        load_host_config(config, not_under=[env.boinc_dir])
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmctl.boinc"],
+        cwd=env.slot,
+        env={**os.environ, CONFIG_ENV: str(config)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == EXIT_INIT_FAILURE
+    assert "where projects write" in proc.stderr
+
+
 def test_a_host_configuration_others_may_write_is_refused(tmp_path: Path) -> None:
     path = memory_profile_config(tmp_path)
     path.chmod(0o666)

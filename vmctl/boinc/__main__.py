@@ -113,7 +113,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("job file error: %s", exc)
         return EXIT_INIT_FAILURE
     try:
-        profile = load_host_config().profile(job.backend)
+        profile = load_host_config(not_under=[d for d in (init.boinc_dir, init.project_dir, path) if d]).profile(
+            job.backend
+        )
     except HostConfigError as exc:
         log.error("%s", exc)
         return EXIT_INIT_FAILURE

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,15 @@ def _check_owner(path: Path, st: os.stat_result) -> None:
         raise HostConfigError(f"{path} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
-def load_host_config(path: Path | None = None) -> HostConfig:
+def load_host_config(path: Path | None = None, *, not_under: Sequence[str | Path] = ()) -> HostConfig:
     """Read the host configuration (``path``, else :func:`config_path`); a missing file means
-    the built-in ``qemu`` profile only."""
+    the built-in ``qemu`` profile only. A file under one of ``not_under`` (the BOINC data
+    directory, which projects' apps may write) is refused."""
     path = config_path() if path is None else Path(path)
+    for directory in not_under:
+        real, top = os.path.realpath(path), os.path.realpath(directory)
+        if os.path.commonpath([real, top]) == top:
+            raise HostConfigError(f"the host configuration {path} may not lie in {directory}, where projects write")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
