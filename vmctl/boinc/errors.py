@@ -18,5 +18,6 @@ class BoincError(VmctlError):
     """Base class of the errors of ``vmctl.boinc``: a task's files or the client's channel are unusable.
 
     Its subclasses are :class:`~vmctl.boinc.job.JobError`, :class:`~vmctl.boinc.slot.SlotError`,
-    :class:`~vmctl.boinc.initdata.InitDataError` and :class:`~vmctl.boinc.shm.SharedMemoryError`.
+    :class:`~vmctl.boinc.initdata.InitDataError`, :class:`~vmctl.boinc.hostconfig.HostConfigError`
+    and :class:`~vmctl.boinc.shm.SharedMemoryError`.
     """

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmctl.boinc.errors import BoincError
+
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_CONFIG",
@@ -60,7 +62,7 @@ JOB_BACKEND_OPTIONS: Mapping[str, tuple[str, ...]] = {"accel": ("auto", "kvm", "
 _MAX_SIZE = 1 << 20
 
 
-class HostConfigError(Exception):
+class HostConfigError(BoincError):
     """The host configuration is unreadable or unsafe, or has no profile the job names."""
 
 
