@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -305,8 +306,10 @@ def test_missing_image_dead_client_preemption_and_abort(
     assert reason in (watch.slot / "stderr.txt").read_text()
     assert watch.vm_state() is None, "no VM was made"
 
-    # The image appears (say, a download finished): the task runs at its next start.
-    (watch.slot / "late.qcow2").symlink_to(guest.disk)
+    # The image appears (say, a download finished): the task runs at its next start. The client
+    # links it into the slot from the project directory (vmctl-boinc refuses links out of it).
+    shutil.copyfile(guest.disk, peer.project_dir / "late.qcow2")
+    (watch.slot / "late.qcow2").symlink_to(peer.project_dir / "late.qcow2")
     peer.wait_for(lambda: poke(lambda: watch.vm_state() is vmctl.State.RUNNING), 60, "the VM to run", 1)
     watch.remember_processes()
     adapter_pid = int(peer.wait_for(lambda: peer.info(task).get("PID"), 20, "the app's pid"))
