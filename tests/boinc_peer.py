@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 URL = "http://127.0.0.1:1/probe/"
 PROJECT = "127.0.0.1_1_probe"
 APP = "vmctl_probe"
@@ -87,6 +89,10 @@ class BoincPeer:
     port: int = field(default_factory=_free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen[bytes] | None = None
+    allowed_exits: dict[str, int] = field(default_factory=dict)
+    """Result name -> how many exits of its app the test has caused (:meth:`expect_exit`). While
+    a result is in here, :meth:`wait_for` fails at once, with the client's and the app's account,
+    if its app exits more often: an adapter that dies or gives up on its own is a defect."""
 
     @property
     def data(self) -> Path:
@@ -253,7 +259,25 @@ class BoincPeer:
 
     # -- the client process -----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the client and wait until it answers on its GUI RPC port.
+
+        The port was free when it was chosen, but any process on the machine may bind it before
+        the client does (the client then retries for 30 s and exits, while ``boinccmd`` would
+        talk to the other process): the client is ready only when it is the one listening, and
+        it is started again on another port if someone else holds the port."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        for _ in range(3):
+            self._spawn()
+            if self.wait_for(self._port_owner, 30, f"the client to listen on port {self.port}") == "ours":
+                self.wait_for(lambda: self._rpc_ready(), 30, "the client's GUI RPC port")
+                return
+            self.kill()
+            taken, self.port = self.port, _free_port()
+            with open(self.log_path, "a") as log:
+                log.write(f"(test) another process took the GUI RPC port {taken}: restarting on {self.port}\n")
+        raise AssertionError(f"another process took the GUI RPC port three times:\n{self.log()[-3000:]}")
+
+    def _spawn(self) -> None:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
@@ -265,7 +289,25 @@ class BoincPeer:
             )
         finally:
             log.close()
-        self.wait_for(lambda: self._rpc_ready(), 30, "the client's GUI RPC port")
+
+    def _port_owner(self) -> str | None:
+        """ "ours" once the client listens on its port, "taken" if only another process does (the
+        apps the client starts inherit its listening socket: they count as the client's)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"boinc exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        holders = {
+            conn.pid
+            for conn in psutil.net_connections("tcp")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == self.port
+        }
+        if self.proc.pid in holders:
+            return "ours"
+        # None: psutil could not map the socket to a process this time (its fds changed meanwhile)
+        holders.discard(None)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            holders -= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+        return "taken" if holders else None
 
     def _rpc_ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -307,9 +349,74 @@ class BoincPeer:
     def info(self, task: Task) -> dict[str, str]:
         return self.tasks_info().get(task.result, {})
 
+    def app_process(self, task: Task, slot: int = 0) -> psutil.Process | None:
+        """The task's running app as the host shows it, or None.
+
+        ``boinccmd``'s PID alone cannot say that: the client sets it when it starts the app and
+        never clears it (``ACTIVE_TASK::pid``), so after the app exits it names a process that is
+        gone, and later perhaps an unrelated one. The app is the client's child, working in the
+        task's slot, whose PID the client reports while the task executes. Signal the returned
+        :class:`psutil.Process`, not its PID: psutil refuses a PID that was reused meanwhile."""
+        info = self.info(task)
+        if self.proc is None or info.get("active_task_state") != "EXECUTING" or not info.get("PID"):
+            return None
+        try:
+            proc = psutil.Process(int(info["PID"]))
+            if proc.ppid() != self.proc.pid or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            if Path(proc.cwd()) != self.slot(slot):
+                return None
+        except psutil.Error:
+            return None
+        return proc
+
+    def app_exits(self, task: Task) -> list[str]:
+        """How each run of the task's app ended, from the client's log: one string per exit with
+        the client's lines about it, e.g. ``"Process for wu_0_0 exited, status 9, task state 1 |
+        process got signal 9 | task_state=UNINITIALIZED for wu_0_0 from handle_exited_app"``."""
+        return self._exits(task.result)
+
+    def _exits(self, result: str) -> list[str]:
+        exits: list[list[str]] = []
+        open_exit = False
+        for line in self.log().splitlines():
+            text = re.sub(r"^\S+ \S+ \[[^]]*\] (\[task\] )?", "", line)
+            if text.startswith(f"Process for {result} exited"):
+                exits.append([text])
+                open_exit = True
+            elif open_exit and text.startswith(("process ", f"Task {result} postponed", "task_state=")):
+                exits[-1].append(text)
+                open_exit = not text.startswith("task_state=")
+        return [" | ".join(lines) for lines in exits]
+
+    def why_not_running(self, task: Task, slot: int = 0) -> str:
+        """What the client and the app said about the app's exits (for a failure message)."""
+        try:
+            stderr = (self.slot(slot) / "stderr.txt").read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            stderr = self.stderr_out(task)[-3000:]
+        exits = "\n".join(self.app_exits(task)) or "(none logged)"
+        return f"the client's info: {self.info(task)}\nexits in the client's log:\n{exits}\nstderr.txt:\n{stderr}"
+
+    def expect_exit(self, task: Task) -> None:
+        """The test is about to make the task's app exit once (kill, quit, finish, ...)."""
+        self.allowed_exits[task.result] = self.allowed_exits.get(task.result, 0) + 1
+
+    def check_exits(self) -> None:
+        """Fail if an app exited more often than the test made it (see :attr:`allowed_exits`)."""
+        for result, allowed in self.allowed_exits.items():
+            exits = self._exits(result)
+            if len(exits) > allowed:
+                task = next(t for t in self.tasks if t.result == result)
+                raise AssertionError(
+                    f"the app of {result} exited on its own (exit {len(exits)}, the test caused {allowed}):\n"
+                    + self.why_not_running(task)
+                )
+
     def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
         deadline = time.monotonic() + timeout
         while True:
+            self.check_exits()
             value = predicate()
             if value:
                 return value

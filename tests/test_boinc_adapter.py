@@ -440,13 +440,14 @@ def test_cpu_time_is_vm_cpu_plus_earlier_runs_every_second(env: Env, vm_process:
 
 def test_other_pid_names_only_a_live_process(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """The client SIGKILLs other_pid: a pid without a live process (the in-memory backend's are
-    made up) is never reported."""
+    made up) is never reported. The adapter names itself instead: the client keeps the last
+    other_pid it was told, even one of an earlier run of the app, and kills it at the exit."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     monkeypatch.setattr(MemoryMachine, "_get_pid", lambda self: gone.pid)
     adapter = started(env)
     assert env.vm().pid == gone.pid
-    assert "other_pid" not in env.next_status(adapter)
+    assert env.next_status(adapter)["other_pid"] == os.getpid()
 
 
 def test_fraction_done_from_the_guests_progress_file(env: Env) -> None:
@@ -588,6 +589,18 @@ def test_image_that_is_not_a_file_fails_the_task(env: Env) -> None:
     (env.project / "v1_base.img").unlink()
     (env.project / "v1_base.img").mkdir()
     assert env.adapter().start() == EXIT_INIT_FAILURE
+
+
+@pytest.mark.parametrize("image", ["missing", "directory"])
+def test_a_run_that_ends_before_its_vm_runs_still_names_an_other_pid(env: Env, image: str) -> None:
+    """The client keeps the other_pid of an earlier run of the app (say, the VM process saved at
+    a quit, long gone) and SIGKILLs it when this run exits: a run that ends before its VM runs,
+    temporarily or for good, must replace it, naming the adapter itself."""
+    (env.project / "v1_base.img").unlink()
+    if image == "directory":
+        (env.project / "v1_base.img").mkdir()
+    assert env.adapter().start() == (0 if image == "missing" else EXIT_INIT_FAILURE)
+    assert env.status()["other_pid"] == os.getpid()
 
 
 def test_the_base_image_is_used_in_place_through_an_overlay(env: Env) -> None:

@@ -8,6 +8,7 @@ the share every second, and finishes when the host drops ``finish_now`` into the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -106,7 +107,9 @@ class Watch:
         self.peer = peer
         self.slot = peer.slot(slot)
         self._hv: vmctl.Hypervisor | None = None
-        self.pids: set[int] = set()
+        self.procs: set[psutil.Process] = set()
+        """The VM's processes seen so far, held as psutil.Process: checked and killed by identity,
+        never by a PID that another process may have got meanwhile."""
 
     def vm(self) -> vmctl.Machine:
         # Connect only while the slot holds the VM: connecting creates the state directory.
@@ -116,18 +119,24 @@ class Watch:
         return self._hv.machine(VM)
 
     def vm_state(self) -> vmctl.State | None:
-        if not (self.slot / "vm" / VM / "machine.json").exists():
+        """The VM's state, None while the slot holds no VM (not made yet, or deleted with it)."""
+        try:
+            return self.vm().state
+        except (AssertionError, vmctl.MachineNotFound):
+            if (self.slot / "vm" / VM / "machine.json").exists():
+                raise
             return None
-        return self.vm().state
 
     def remember_processes(self) -> None:
         """The VM's QEMU and keeper processes, to check later that none is left."""
         vm = self.vm()
-        if vm.pid is not None:
-            self.pids.add(vm.pid)
-        run = self.slot / "vm" / VM / "run.json"
-        if run.exists():
-            self.pids.add(int(json.loads(run.read_text())["keeper_pid"]))
+        pids = [vm.pid]
+        with contextlib.suppress(FileNotFoundError):
+            pids.append(int(json.loads((self.slot / "vm" / VM / "run.json").read_text())["keeper_pid"]))
+        for pid in pids:
+            if pid is not None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    self.procs.add(psutil.Process(pid))
 
     def console(self) -> str:
         try:
@@ -152,8 +161,9 @@ class Watch:
         proc = psutil.Process(pid)
         total = 0.0
         for p in [proc, *proc.children(recursive=True)]:
-            t = p.cpu_times()
-            total += t.user + t.system
+            with contextlib.suppress(psutil.NoSuchProcess):  # a helper that ended meanwhile
+                t = p.cpu_times()
+                total += t.user + t.system
         return total
 
 
@@ -162,9 +172,11 @@ def cpu_pair(info: dict[str, str]) -> tuple[float, float]:
     return float(info.get("current CPU time", "0")), float(info.get("CPU time at last checkpoint", "0"))
 
 
-def alive(pid: int) -> bool:
+def alive(proc: int | psutil.Process) -> bool:
+    """The process exists and is no zombie; a psutil.Process only while its PID is not reused."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        p = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
@@ -179,9 +191,9 @@ def cleanup() -> Iterator[list[BoincPeer | Watch]]:
             thing.close()
     for thing in things:
         if isinstance(thing, Watch):
-            for pid in thing.pids:
-                if alive(pid):
-                    psutil.Process(pid).kill()
+            for proc in thing.procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()  # psutil checks that it is still the same process
 
 
 def test_a_task_runs_pauses_follows_the_network_survives_a_client_restart_and_completes(
@@ -191,6 +203,7 @@ def test_a_task_runs_pauses_follows_the_network_survives_a_client_restart_and_co
     peer = make_peer(tmp_path, guest, task)
     watch = Watch(peer)
     cleanup += [peer, watch]
+    peer.allowed_exits[task.result] = 0  # the adapter must not exit unless the test makes it
     image_hash = sha256(guest.disk)
     peer.start()
     peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the VM to run")
@@ -239,14 +252,16 @@ def test_a_task_runs_pauses_follows_the_network_survives_a_client_restart_and_co
     peer.wait_for(pruned, 30, "a second checkpoint to replace the first")
 
     # Client quit: the VM is saved to disk; a new client restores it and CPU time continues.
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
     before = peer.info(task)
     cpu_before = float(before["current CPU time"])
     rounds_before = watch.progress()
     qemu_cpu_first_run = watch.qemu_cpu()
-    old_pids = set(watch.pids) | {int(before["PID"])}
+    old = set(watch.procs) | {adapter}
     peer.quit()
     assert watch.vm_state() is vmctl.State.SUSPENDED
-    assert not any(alive(p) for p in old_pids), "no adapter, QEMU or keeper process left after the quit"
+    assert not any(alive(p) for p in old), "no adapter, QEMU or keeper process left after the quit"
+    peer.allowed_exits[task.result] = len(peer.app_exits(task))  # the quit's, if the client logged it
     peer.start()
     # Until the app's first report the client shows the CPU time it kept (its last checkpoint;
     # it reads no app message while shutting down, so the quit's own checkpoint is not in it).
@@ -263,11 +278,13 @@ def test_a_task_runs_pauses_follows_the_network_survives_a_client_restart_and_co
 
     # Completion: output copied to the result's file, VM destroyed, task ready to report.
     qemu_cpu_second_run = watch.qemu_cpu()
-    adapter_pid = int(peer.info(task)["PID"])
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
+    peer.expect_exit(task)
     (watch.slot / "shared" / "finish_now").write_text("go\n")
     peer.wait_for(lambda: peer.info(task).get("ready to report") == "yes", 60, "the task to finish")
     done = peer.info(task)
     assert done["exit_status"] == "0" and done["state"] == "uploaded"
+    assert "exited, status 0," in peer.app_exits(task)[-1], peer.why_not_running(task)
     final_cpu = float(done["final CPU time"])
     vm_cpu = qemu_cpu_first_run + qemu_cpu_second_run
     assert vm_cpu - 0.5 <= final_cpu <= vm_cpu + 8, (final_cpu, vm_cpu)
@@ -275,7 +292,7 @@ def test_a_task_runs_pauses_follows_the_network_survives_a_client_restart_and_co
     assert rounds > rounds_before, "no work lost across the client restart"
 
     # Nothing left behind.
-    peer.wait_for(lambda: not any(alive(p) for p in watch.pids | {adapter_pid}), 20, "the processes to end")
+    peer.wait_for(lambda: not any(alive(p) for p in watch.procs | {adapter}), 20, "the processes to end")
     peer.wait_for(lambda: not watch.slot.exists() or not any(watch.slot.iterdir()), 20, "the slot to be emptied")
     assert list(reaper.registry_dir(peer.data).glob("*.json")) == []
     assert sha256(guest.disk) == image_hash, "the base image is never written"
@@ -312,14 +329,15 @@ def test_missing_image_dead_client_preemption_and_abort(
     (watch.slot / "late.qcow2").symlink_to(peer.project_dir / "late.qcow2")
     peer.wait_for(lambda: poke(lambda: watch.vm_state() is vmctl.State.RUNNING), 60, "the VM to run", 1)
     watch.remember_processes()
-    adapter_pid = int(peer.wait_for(lambda: peer.info(task).get("PID"), 20, "the app's pid"))
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
+    peer.allowed_exits[task.result] = len(peer.app_exits(task))  # from now on, only the exits the test causes
 
     # The client dies (SIGKILL): the adapter notices its pid gone, saves the VM and exits; the
     # next client restores the VM.
     assert peer.proc is not None
     client_pid = peer.proc.pid
     peer.kill()
-    peer.wait_for(lambda: not alive(adapter_pid), 15, "the adapter to notice the dead client")
+    peer.wait_for(lambda: not alive(adapter), 15, "the adapter to notice the dead client")
     assert watch.vm_state() is vmctl.State.SUSPENDED
     assert f"the BOINC client (pid {client_pid}) is gone" in (watch.slot / "stderr.txt").read_text()
     peer.start()
@@ -334,22 +352,24 @@ def test_missing_image_dead_client_preemption_and_abort(
     peer.write_prefs()
     peer.cmd("--read_global_prefs_override")
     peer.wait_for(lambda: cpu_pair(peer.info(task))[1] > 0, 20, "a checkpoint")
-    adapter_pid = int(peer.info(task)["PID"])
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
+    peer.expect_exit(task)
     peer.task_op(task, "suspend")
-    peer.wait_for(lambda: not alive(adapter_pid), 20, "the preempted app to exit")
+    peer.wait_for(lambda: not alive(adapter), 20, "the preempted app to exit")
     assert watch.vm_state() is vmctl.State.SUSPENDED
     assert "removed from memory" in peer.log()
     peer.task_op(task, "resume")
     peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the VM to be restored")
     watch.remember_processes()
     assert watch.console().count("VMCTL-GUEST BOOT") == 1
-    adapter_pid = int(peer.wait_for(lambda: peer.info(task).get("PID"), 20, "the app's pid"))
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
 
     # Abort: the VM, its overlay and its processes are gone; the client records the abort.
+    peer.expect_exit(task)
     peer.task_op(task, "abort")
     peer.wait_for(lambda: peer.info(task).get("state") == "aborted", 30, "the abort")
     assert peer.info(task).get("exit_status") == "203"
-    peer.wait_for(lambda: not any(alive(p) for p in watch.pids | {adapter_pid}), 20, "the processes to end")
+    peer.wait_for(lambda: not any(alive(p) for p in watch.procs | {adapter}), 20, "the processes to end")
     peer.wait_for(lambda: not watch.slot.exists() or not any(watch.slot.iterdir()), 20, "the slot to be emptied")
     assert list(reaper.registry_dir(peer.data).glob("*.json")) == []
     assert "the client aborted the task" in peer.stderr_out(task)

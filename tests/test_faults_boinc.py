@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vmctl
+from vmctl.boinc.adapter import HEARTBEAT_TIMEOUT, SAVE_RETRY_TIME
 from vmctl.boinc.initdata import INIT_DATA_FILE, InitDataError, parse_init_data, read_init_data
 from vmctl.boinc.job import JobError, load_job, parse_toml, parse_vbox_xml
 from vmctl.boinc.shm import (
@@ -534,6 +535,29 @@ def qemu_processes(slot: Path) -> list[psutil.Process]:
     return found
 
 
+def running_adapter(peer: BoincPeer, task: Task, not_this: psutil.Process | None = None) -> psutil.Process:
+    """The task's adapter process as the host shows it (a new one if ``not_this`` is given)."""
+
+    def find() -> psutil.Process | None:
+        proc = peer.app_process(task)
+        return proc if proc is not None and proc != not_this else None
+
+    found: psutil.Process = peer.wait_for(find, 60, "the task's adapter to run")
+    return found
+
+
+def handled_exit(peer: BoincPeer, task: Task) -> str:
+    """The client's account of the exit of the task's app that the test just caused."""
+    n = peer.allowed_exits[task.result]
+
+    def exit_n() -> str | None:
+        exits = peer.app_exits(task)
+        return exits[n - 1] if len(exits) >= n and "task_state=" in exits[n - 1] else None
+
+    text: str = peer.wait_for(exit_n, 20, f"the client to handle exit {n} of the app")
+    return text
+
+
 @needs_client
 @pytest.mark.slow
 @pytest.mark.timeout(300)
@@ -546,6 +570,7 @@ def test_sigkilled_adapter_and_frozen_client(
     peer = make_peer(tmp_path, guest, task)
     watch = Watch(peer)
     cleanup += [peer, watch]
+    peer.allowed_exits[task.result] = 0  # the adapter must not exit unless the test makes it
     peer.start()
     peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the VM to run")
     watch.remember_processes()
@@ -555,18 +580,21 @@ def test_sigkilled_adapter_and_frozen_client(
     peer.wait_for(lambda: cpu_pair(peer.info(task))[1] > first, 30, "a checkpoint of the running job")
 
     # SIGKILL the adapter mid-task.
-    adapter_pid = int(peer.info(task)["PID"])
+    adapter = running_adapter(peer, task)
     rounds_killed = watch.progress()
-    os.kill(adapter_pid, signal.SIGKILL)
-    peer.wait_for(lambda: not alive(adapter_pid), 10, "the adapter to die")
+    peer.expect_exit(task)
+    try:
+        adapter.kill()  # psutil sends nothing to a process that is gone or whose PID was reused
+    except psutil.NoSuchProcess:
+        with contextlib.suppress(AssertionError):  # the client's account of the exit, if it comes
+            peer.wait_for(lambda: peer.app_exits(task), 5, "the client to log the exit")
+        pytest.fail(f"the adapter exited on its own before the test killed it:\n{peer.why_not_running(task)}")
+    peer.wait_for(lambda: not alive(adapter), 10, "the adapter to die")
+    killed = handled_exit(peer, task)
+    assert "process got signal 9" in killed, f"not ended by the test's SIGKILL:\n{peer.why_not_running(task)}"
 
-    def restarted() -> int | None:
-        pid = peer.info(task).get("PID")
-        if pid and int(pid) != adapter_pid and watch.vm_state() is vmctl.State.RUNNING:
-            return int(pid)
-        return None
-
-    adapter_pid = int(peer.wait_for(restarted, 60, "the client to restart the app"))
+    adapter = running_adapter(peer, task, not_this=adapter)  # the client restarted it
+    peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the VM to run again")
     assert "exit" not in peer.info(task).get("state", ""), peer.info(task)
     watch.remember_processes()
     assert len(qemu_processes(watch.slot)) == 1, "no second VM"
@@ -578,24 +606,32 @@ def test_sigkilled_adapter_and_frozen_client(
     stderr = (watch.slot / "stderr.txt").read_text()
     assert "adopting the running VM" in stderr or "continuing from the last checkpoint" in stderr, stderr[-2000:]
 
-    # Freeze the client: no heartbeat; the adapter saves the VM and exits within 35 s.
+    # Freeze the client: no heartbeat; after HEARTBEAT_TIMEOUT the adapter saves the VM and exits.
+    # How long the save takes depends on the machine's load (and may include the adapter's
+    # retries): it is measured, not asserted; the adapter must not give up before the timeout.
     assert peer.proc is not None
     peer.wait_for(lambda: float(peer.info(task).get("current CPU time", "0")) > 0, 20, "a report")
+    adapter = running_adapter(peer, task)
+    peer.expect_exit(task)
     os.kill(peer.proc.pid, signal.SIGSTOP)
     frozen = time.monotonic()
     try:
-        deadline = frozen + 40
-        while alive(adapter_pid) and time.monotonic() < deadline:
+        deadline = frozen + HEARTBEAT_TIMEOUT + SAVE_RETRY_TIME + 60
+        while alive(adapter) and time.monotonic() < deadline:
             time.sleep(0.2)
         took = time.monotonic() - frozen
-        assert not alive(adapter_pid), "the adapter did not exit while the client was frozen"
-        assert took <= 35, f"the adapter took {took:.1f} s to save and exit"
+        assert not alive(adapter), f"the adapter did not exit while the client was frozen for {took:.0f} s"
         print(f"frozen client: the adapter saved the VM and exited {took:.1f} s after SIGSTOP")
+        stderr = (watch.slot / "stderr.txt").read_text()
+        assert f"no heartbeat from the BOINC client for {HEARTBEAT_TIMEOUT:.0f} s" in stderr, stderr[-2000:]
+        assert took >= HEARTBEAT_TIMEOUT - 2, f"the adapter gave up {took:.1f} s after the last heartbeat"
         assert watch.vm_state() is vmctl.State.SUSPENDED
         assert qemu_processes(watch.slot) == []
         rounds_frozen = watch.progress()
     finally:
         os.kill(peer.proc.pid, signal.SIGCONT)
+    postponed = handled_exit(peer, task)
+    assert "postponed for 0 seconds: no heartbeat" in postponed, postponed
     peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the task to continue after SIGCONT")
     watch.remember_processes()
     assert len(qemu_processes(watch.slot)) == 1
@@ -603,11 +639,13 @@ def test_sigkilled_adapter_and_frozen_client(
     assert watch.console().count("VMCTL-GUEST BOOT") == 1, "restored, not rebooted"
 
     # The task completes and nothing is left.
-    adapter_pid = int(peer.wait_for(lambda: peer.info(task).get("PID"), 20, "the app's pid"))
+    adapter = running_adapter(peer, task)
+    peer.expect_exit(task)
     (watch.slot / "shared" / "finish_now").write_text("go\n")
     peer.wait_for(lambda: peer.info(task).get("ready to report") == "yes", 60, "the task to finish")
     assert peer.info(task)["exit_status"] == "0"
+    assert "exited, status 0," in handled_exit(peer, task)
     rounds = int((peer.project_dir / task.output_file).read_text().strip().split("=")[1])
     assert rounds > rounds_frozen, "no work lost"
-    peer.wait_for(lambda: not any(alive(p) for p in watch.pids | {adapter_pid}), 20, "the processes to end")
+    peer.wait_for(lambda: not any(alive(p) for p in watch.procs | {adapter}), 20, "the processes to end")
     assert qemu_processes(watch.slot) == []

@@ -212,10 +212,10 @@ class Env:
 def processes_in(directory: Path) -> list[psutil.Process]:
     """QEMU processes running in ``directory`` and keepers of it."""
     found = []
-    for proc in psutil.process_iter(["cmdline", "cwd"]):
+    for proc in psutil.process_iter(["cmdline", "cwd", "status"]):
         with contextlib.suppress(psutil.Error):
             cmd = proc.info["cmdline"] or []
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             if (KEEPER in cmd and str(directory) in cmd) or proc.info["cwd"] == str(directory):
                 found.append(proc)
@@ -260,7 +260,7 @@ def settled_state(vm: vmctl.Machine, timeout: float = 30) -> State:
 def assert_true_state(vm: vmctl.Machine, state: State) -> None:
     """The reported state is what the host shows: QEMU's process and its QMP run state."""
     if state in (State.RUNNING, State.PAUSED):
-        procs = [p for p in processes_in(vm.dir) if KEEPER not in p.cmdline()]
+        procs = [p for p in processes_in(vm.dir) if KEEPER not in (p.info["cmdline"] or [])]
         assert [p.pid for p in procs] == [vm.pid], f"{state}: QEMU processes {procs}, pid {vm.pid}"
         assert (runstate(vm) == "running") is (state is State.RUNNING), runstate(vm)
     else:
@@ -613,6 +613,10 @@ def assert_no_growth(fds: int, threads: int, rss: int, qemu: int | None, qemu_fd
     """This process has no more descriptors or threads than before (threads of machines that
     earlier tests destroyed may end meanwhile), its memory grew by less than ``rss_slack``, and
     QEMU holds no more descriptors (every QMP connection was closed)."""
+    # QEMU closes its end of the last QMP connection when its main loop gets to it, which on a
+    # loaded machine may be a moment after vmctl closed its own: a leak stays, that does not.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: _fds() <= fds and _threads() <= threads and _fds(qemu) <= qemu_fds, 10, "settled counts")
     now = (_fds(), _threads(), _fds(qemu))
     assert now[0] <= fds and now[1] <= threads, f"fds {fds} -> {now[0]}, threads {threads} -> {now[1]}"
     assert now[2] <= qemu_fds, f"QEMU's fds {qemu_fds} -> {now[2]}"
@@ -693,8 +697,9 @@ def test_sigkill_during_graceful_restart(env: Env, booted: vmctl.Machine) -> Non
 
 # -- SIGKILL of QEMU -----------------------------------------------------------------------------
 def _kill_qemu(vm: vmctl.Machine) -> None:
-    assert vm.pid is not None
-    os.kill(vm.pid, signal.SIGKILL)
+    pid = vm.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
 
 
 def test_qemu_killed_while_running(env: Env) -> None:
@@ -746,8 +751,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def processes_in_tree(root: Path) -> list[int]:
     return [
         p.pid
-        for p in psutil.process_iter(["cwd"])
-        if (p.info["cwd"] or "").startswith(str(root)) and p.status() != psutil.STATUS_ZOMBIE
+        for p in psutil.process_iter(["cwd", "status"])  # read as listed: a process may end meanwhile
+        if (p.info["cwd"] or "").startswith(str(root)) and p.info["status"] != psutil.STATUS_ZOMBIE
     ]
 
 
@@ -1072,8 +1077,8 @@ def test_spec_values(
                     else:
                         event("started")
                         assert vm.state in (State.RUNNING, State.PAUSED, State.CRASHED, State.STOPPED)
-                        if vm.pid is not None:
-                            _assert_qemu_got(vm, spec)
+                        if (pid := vm.pid) is not None:
+                            _assert_qemu_got(vm, spec, pid)
             finally:
                 vm.destroy()
     finally:
@@ -1088,10 +1093,15 @@ def spec_log(values: dict[str, Any]) -> Path | None:
     return Path(log).absolute() if log else None
 
 
-def _assert_qemu_got(vm: vmctl.Machine, spec: vmctl.MachineSpec) -> None:
-    proc = psutil.Process(vm.pid)
-    # the exact bytes: psutil reads /proc/PID/cmdline as text with universal newlines ("\r" -> "\n")
-    argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
+def _assert_qemu_got(vm: vmctl.Machine, spec: vmctl.MachineSpec, pid: int) -> None:
+    try:
+        proc = psutil.Process(pid)
+        # the exact bytes: psutil reads /proc/PID/cmdline as text with universal newlines ("\r" -> "\n")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+        # the guest ended QEMU since (odd values may make it power off): vmctl must know it
+        assert vm.state in (State.STOPPED, State.CRASHED), f"QEMU {pid} is gone but the machine is {vm.state}"
+        return
     assert argv[argv.index("-kernel") + 1] == str(spec.kernel)
     if spec.cmdline:
         assert argv[argv.index("-append") + 1] == spec.cmdline

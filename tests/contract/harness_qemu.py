@@ -59,8 +59,9 @@ class QemuHarness(Harness):
         return SerialLogProbe(vm.spec.serial_log)
 
     def kill_hypervisor_process(self, vm: vmctl.Machine) -> None:
-        assert vm.pid is not None
-        os.kill(vm.pid, signal.SIGKILL)
+        pid = vm.pid  # read once: each read asks the machine again
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
 
     def leftovers(self, name: str) -> list[str]:
         found = [str(p) for p in self.state_dir.glob(f"*{name}*")]

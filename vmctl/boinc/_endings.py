@@ -149,5 +149,7 @@ class Endings:
         log.error("%s: the task fails (exit status %d)", message, code)
         with contextlib.suppress(Exception):
             self._policy.destroy()
+        with contextlib.suppress(Exception):  # names no VM process (see _status)
+            self._status.send_final(max(self._cpu.reported, self._task.init.wu_cpu_time))
         self._policy.close()
         return code

@@ -2,9 +2,14 @@
 
 A report (channel ``app_status``) carries the task's CPU time, the CPU time of its last
 checkpoint (a change is how the client learns that the app checkpointed) and the fraction done,
-and, while a VM process runs on this host, ``other_pid``: the client SIGKILLs that process when
-the app exits. The client takes one message at a time: a report made while the previous one is
-unread is dropped (the next carries the same news), but the last one before the app exits
+and ``other_pid``: the client SIGKILLs that process when the app exits. It is the VM's host
+process while one runs, else the adapter itself (gone by then). Never nothing: the client keeps
+the last other_pid it was told (``ACTIVE_TASK::other_pids`` is only ever replaced, also across
+restarts of the app), so an ended VM process, or one of an earlier run, would still be killed at
+this app's exit: by then, perhaps, an unrelated process that got its pid.
+
+The client takes one message at a time: a report made while the previous one is unread is
+dropped (the next carries the same news), but the last one before the app exits
 replaces it, since the client reads it when it sees the exit.
 
 >>> status_text(12.5, 10.0, 0.25, 4242).splitlines()
@@ -13,6 +18,8 @@ replaces it, since the client reads it when it sees the exit.
 """
 
 from __future__ import annotations
+
+import os
 
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._guestfiles import GuestFiles
@@ -26,16 +33,14 @@ QUIT_FLUSH_TIMEOUT = 1.5
 """How long the final status message may wait for the client to take the previous one."""
 
 
-def status_text(cpu: float, checkpoint_cpu: float, fraction_done: float, other_pid: int | None) -> str:
+def status_text(cpu: float, checkpoint_cpu: float, fraction_done: float, other_pid: int) -> str:
     """One ``app_status`` message."""
-    parts = [
-        f"<current_cpu_time>{cpu:e}</current_cpu_time>\n",
-        f"<checkpoint_cpu_time>{checkpoint_cpu:e}</checkpoint_cpu_time>\n",
-        f"<fraction_done>{fraction_done:e}</fraction_done>\n",
-    ]
-    if other_pid is not None:
-        parts.append(f"<other_pid>{other_pid}</other_pid>\n")
-    return "".join(parts)
+    return (
+        f"<current_cpu_time>{cpu:e}</current_cpu_time>\n"
+        f"<checkpoint_cpu_time>{checkpoint_cpu:e}</checkpoint_cpu_time>\n"
+        f"<fraction_done>{fraction_done:e}</fraction_done>\n"
+        f"<other_pid>{other_pid}</other_pid>\n"
+    )
 
 
 class StatusReports:
@@ -50,7 +55,8 @@ class StatusReports:
 
     def _text(self, cpu: float, final: bool) -> str:
         fraction = 1.0 if final else self._files.fraction_done
-        return status_text(cpu, self._cpu.checkpoint, fraction, None if final else self._policy.other_pid)
+        vm_process = None if final else self._policy.other_pid
+        return status_text(cpu, self._cpu.checkpoint, fraction, os.getpid() if vm_process is None else vm_process)
 
     def send(self) -> None:
         """Report CPU time, checkpoint CPU time and progress, unless the client has not taken

@@ -124,7 +124,7 @@ class Suspension:
         self._cpu.checkpoint = max(self._cpu.checkpoint, cpu)
         task.state.process_pid = None
         task.save_state()
-        policy.pid = policy.other_pid = None
+        policy.process_ended()
         log.info(
             "the task is still suspended: the VM's state is saved to disk (%.1f s); CPU time %.1f s",
             time.monotonic() - started,

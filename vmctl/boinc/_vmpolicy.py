@@ -18,13 +18,14 @@ import os
 import shutil
 import time
 
+import psutil
+
 import vmctl
 from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._outcome import Trouble
 from vmctl.boinc._task import Task
 from vmctl.boinc._vmsetup import Registration
-from vmctl.usage import pid_alive
 
 __all__ = ["BOOT_TIMEOUT", "SAVE_RETRY_PAUSE", "SAVE_RETRY_TIME", "VmPolicy"]
 
@@ -50,10 +51,27 @@ class VmPolicy:
         self.vm: vmctl.Machine | None = None
         self.pid: int | None = None
         """The VM's host process (None while parked or unknown)."""
-        self.other_pid: int | None = None
-        """The process the client may SIGKILL when the app exits: the VM's, if it is a live host process."""
+        self._vm_process: psutil.Process | None = None
         self._link: bool | None = None
         self._state_errors = 0
+
+    @property
+    def other_pid(self) -> int | None:
+        """The VM's host process while it runs, else None: the process the client may SIGKILL
+        when the app exits. Held by identity (its start time), so an ended VM process's pid,
+        which another process may get, is never named."""
+        proc = self._vm_process
+        if proc is None or not proc.is_running():
+            return None
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                return proc.pid
+        return None
+
+    def process_ended(self) -> None:
+        """The VM's host process is gone (its state is saved to disk)."""
+        self.pid = None
+        self._vm_process = None
 
     @property
     def machine(self) -> vmctl.Machine:
@@ -141,7 +159,7 @@ class VmPolicy:
         self.pid = vm.pid
         # The client SIGKILLs other_pid when the app exits: name only a live host process
         # (the in-memory backend's pids are made up).
-        self.other_pid = self.pid if self.pid is not None and self.pid != os.getpid() and pid_alive(self.pid) else None
+        self._vm_process = _live_process(self.pid) if self.pid != os.getpid() else None
         self._cpu.process_started(base, running)
         self._link = None
         record = self._task.state
@@ -272,3 +290,14 @@ class VmPolicy:
 
 def _what_happened(state: vmctl.State) -> str:
     return "crashed" if state is vmctl.State.CRASHED else "stopped while no adapter was running"
+
+
+def _live_process(pid: int | None) -> psutil.Process | None:
+    """``pid``'s process if it is alive (not a zombie), else None."""
+    if not pid:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return proc if proc.status() != psutil.STATUS_ZOMBIE else None
+    except psutil.Error:
+        return None
