@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,35 @@ def test_restart_hard_and_graceful(harness: Harness, hv: vmctl.Hypervisor, make_
         wait_until(lambda: probe.boots() == boots + 2, harness.boot_timeout, "the guest to boot again after reboot")
         assert probe.power_button_presses() == presses + 1
     assert vm.state is State.RUNNING
+
+
+@pytest.mark.needs("can_crash", "can_ignore_power_button")
+def test_a_machine_that_crashes_while_stopping_ends_stopped(harness: Harness, make_vm: MakeVm) -> None:
+    """stop is graceful, then forced: a guest that crashes while asked to shut down can no longer
+    comply, so stop powers the machine off at once (not at its deadline), ends STOPPED and
+    reports a forced stop; it does not leave the caller with a CRASHED machine and an error."""
+    vm = make_vm(ignore_power_button=True)
+    boot(harness, vm)
+    probe = harness.probe(vm)
+    presses = probe.power_button_presses()
+    outcome: list[object] = []
+
+    def stop() -> None:
+        try:
+            outcome.append(vm.stop(timeout=600))
+        except Exception as exc:
+            outcome.append(exc)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    wait_until(lambda: probe.power_button_presses() > presses, harness.boot_timeout, "the guest to see the button")
+    crashed_at = time.monotonic()
+    harness.kill_hypervisor_process(vm)
+    stopper.join(120)
+    assert outcome == [False]
+    assert time.monotonic() - crashed_at < 60
+    assert vm.state is State.STOPPED
+    assert vm.pid is None
 
 
 @pytest.mark.needs("can_crash")

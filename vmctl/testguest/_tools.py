@@ -21,7 +21,6 @@ _TOOL_PACKAGES = {
     "zstd": "zstd",
 }
 _EXTRA_TOOL_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-_APT_LISTS = Path("/var/lib/apt/lists")
 
 
 def _tool(name: str) -> str:
