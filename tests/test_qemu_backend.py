@@ -45,7 +45,13 @@ def test_unknown_accelerator_is_refused(tmp_path: Path) -> None:
 
 def test_kvm_that_hangs_the_guest_never_hangs_vmctl(tmp_path: Path, guest: TestGuest) -> None:
     """On these machines a guest under KVM hangs after loading its kernel: every verb must still
-    return by its deadline, and a graceful stop must fall back to a forced one."""
+    return by its deadline, and a graceful stop must fall back to a forced one.
+
+    Under QEMU 7.2 the hung guest just ignores the power button; under QEMU 10.0 on some hosts
+    its machine turns ``crashed`` (KVM internal error) while stop waits. Either way the caller
+    asked for a stopped machine and a forced stop gives one: stop returns False and the machine
+    is STOPPED, never a CRASHED machine and an InvalidState (see the contract test
+    ``test_a_machine_that_crashes_while_stopping_ends_stopped``, which forces that case)."""
     hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="kvm")
     vm = hv.create(_spec(guest, "kvm-1", tmp_path / "console.log"))
     started = time.monotonic()
@@ -59,6 +65,7 @@ def test_kvm_that_hangs_the_guest_never_hangs_vmctl(tmp_path: Path, guest: TestG
         assert vm.state is vmctl.State.RUNNING
         graceful = vm.stop(timeout=5)
         assert vm.state is vmctl.State.STOPPED
+        assert vm.pid is None
         if not graceful:  # the hung guest could not see the button: forced at the deadline
             assert time.monotonic() - started < 5 + 30 + 30
     finally:

@@ -200,6 +200,8 @@ class Machine(ABC):
 
         A PAUSED machine is resumed first so that its guest can see the button.
         Returns True if the guest shut down by itself, False if it had to be forced.
+        A machine that crashes while shutting down can no longer comply: it is powered off at once
+        (no waiting for the deadline) and ends STOPPED, and stop returns False.
         """
         state = self._require("stop")
         log.info("%s: stop (graceful, %g s)", self.name, timeout)
@@ -211,6 +213,10 @@ class Machine(ABC):
             return True
         except OperationTimeout:
             log.warning("%s: guest ignored the power button for %g s; powering off", self.name, timeout)
+        except InvalidState as exc:
+            if exc.state is not State.CRASHED:
+                raise
+            log.warning("%s: crashed while shutting down; powering off", self.name)
         if self._get_state() is not State.STOPPED:
             self._do_poweroff(30)
         return False

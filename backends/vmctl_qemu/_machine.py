@@ -221,7 +221,11 @@ class QemuMachine(Machine):
         try:
             runstate = self._query_status()
         except (BackendError, OperationTimeout):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            try:
+                alive = proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:  # it died meanwhile (and its keeper reaped it)
+                alive = False
+            if alive:
                 return State.UNKNOWN
             return self._offline_state(self._record())
         if runstate in ("shutdown", "postmigrate"):

@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -281,6 +282,43 @@ def test_restart_hard_and_graceful(harness: Harness, hv: vmctl.Hypervisor, make_
         wait_until(lambda: probe.boots() == boots + 2, harness.boot_timeout, "the guest to boot again after reboot")
         assert probe.power_button_presses() == presses + 1
     assert vm.state is State.RUNNING
+
+
+@pytest.mark.needs("can_crash", "can_ignore_power_button")
+def test_a_machine_that_crashes_while_stopping_ends_stopped(harness: Harness, make_vm: MakeVm) -> None:
+    """stop is graceful, then forced: a guest that crashes while asked to shut down can no longer
+    comply, so stop powers the machine off at once (not at its deadline), ends STOPPED and
+    reports a forced stop; it does not leave the caller with a CRASHED machine and an error."""
+    vm = make_vm(ignore_power_button=True)
+    boot(harness, vm)
+    # Crash it once stop has asked the guest to shut down (some harnesses' guests do not even
+    # see the button when they ignore it, so the request itself is the signal).
+    asked = threading.Event()
+    request_shutdown = vm._do_request_shutdown
+
+    def request_then_tell() -> None:
+        request_shutdown()
+        asked.set()
+
+    vm._do_request_shutdown = request_then_tell  # type: ignore[method-assign]
+    outcome: list[object] = []
+
+    def stop() -> None:
+        try:
+            outcome.append(vm.stop(timeout=600))
+        except Exception as exc:
+            outcome.append(exc)
+
+    stopper = threading.Thread(target=stop, daemon=True)
+    stopper.start()
+    assert asked.wait(harness.boot_timeout), "stop did not ask the guest to shut down"
+    crashed_at = time.monotonic()
+    harness.kill_hypervisor_process(vm)
+    stopper.join(120)
+    assert outcome == [False]
+    assert time.monotonic() - crashed_at < 60
+    assert vm.state is State.STOPPED
+    assert vm.pid is None
 
 
 @pytest.mark.needs("can_crash")
