@@ -18,8 +18,6 @@ Run ``python -m vmctl.testguest [--cache-dir DIR]`` to build and print the paths
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import gzip
 import hashlib
 import json
@@ -37,7 +35,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmctl.errors import VmctlError
+from vmctl.backend.locking import flocked
+from vmctl.backend.tools import run_tool
+from vmctl.errors import BackendError, OperationTimeout, VmctlError
 
 __all__ = [
     "GUEST_CMDLINE",
@@ -255,26 +255,16 @@ def _remove_stale_temp_dirs(root: Path) -> None:
 
 @contextmanager
 def _locked(path: Path, report: Progress, timeout: float = 3600.0) -> Iterator[None]:
-    with open(path, "a+b") as fh:
-        deadline = time.monotonic() + timeout
-        waiting = False
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise GuestBuildError(f"cannot lock {path}: {exc}") from exc
-            if not waiting:
-                report(f"waiting for another process building the test guest ({path})")
-                waiting = True
-            if time.monotonic() > deadline:
-                raise GuestBuildError(f"timed out after {timeout:.0f} s waiting for the lock {path}")
-            time.sleep(0.5)
-        try:
+    def waiting() -> None:
+        report(f"waiting for another process building the test guest ({path})")
+
+    try:
+        with flocked(path, f"the lock {path}", timeout, poll=0.5, on_wait=waiting):
             yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    except OperationTimeout as exc:
+        raise GuestBuildError(f"timed out after {timeout:.0f} s waiting for the lock {path}") from exc
+    except OSError as exc:
+        raise GuestBuildError(f"cannot lock {path}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,23 +295,21 @@ def _run(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     cmd = [_tool(argv[0]), *argv[1:]]
-    env = dict(os.environ, LANG="C", LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
     log.debug("running %s", cmd)
     try:
-        proc = subprocess.run(
+        proc = run_tool(
             cmd,
             cwd=cwd,
-            env=env,
+            env={"DEBIAN_FRONTEND": "noninteractive"},
             input=input_bytes,
-            stdin=None if input_bytes is not None else subprocess.DEVNULL,
-            capture_output=True,
             timeout=timeout,
             check=False,
+            text=False,
         )
-    except subprocess.TimeoutExpired as exc:
+    except OperationTimeout as exc:
         raise GuestBuildError(f"{what}: {argv[0]} did not finish within {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise GuestBuildError(f"{what}: cannot run {argv[0]}: {exc}") from exc
+    except BackendError as exc:
+        raise GuestBuildError(f"{what}: {exc}") from exc
     if proc.returncode != 0:
         err = proc.stderr.decode(errors="replace").strip()
         raise GuestBuildError(f"{what}: `{' '.join(argv)}` exited with status {proc.returncode}: {err[-2000:]}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import logging
 import os
@@ -16,11 +15,12 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from vmctl.backend.records import spec_from_record
+from vmctl.backend.store import default_state_dir
+from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, InvalidSpec, InvalidState, MachineExists, MachineNotFound, SnapshotNotFound
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import default_state_dir
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
-from vmctl.usage import pid_alive
 
 from ._connection import Connection, is_remote
 from ._storage import LocalOverlays, PoolOverlays, check_reachable
@@ -105,31 +105,6 @@ def _usage_from(name: str, stats: dict[str, Any]) -> Usage:
     )
 
 
-def _spec_from(data: dict[str, Any]) -> MachineSpec:
-    """The spec recorded at creation. Its paths are on the libvirt host, which may not be this
-    one, so when they do not exist here the spec is rebuilt without checking them."""
-    try:
-        return MachineSpec.from_dict(data)
-    except InvalidSpec:
-        pass
-    spec = object.__new__(MachineSpec)
-    values = {f.name: f.default for f in dataclasses.fields(MachineSpec) if f.default is not dataclasses.MISSING}
-    values["shared_dirs"] = {}
-    values.update(data)
-    for key in ("disk", "kernel", "initrd", "serial_log"):
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    values["shared_dirs"] = {tag: Path(p) for tag, p in dict(values.get("shared_dirs") or {}).items()}
-    net = values.get("network")
-    if isinstance(net, dict):
-        from vmctl.types import Network, PortForward
-
-        values["network"] = Network(port_forwards=[PortForward(**pf) for pf in net.get("port_forwards", [])])
-    for key, value in values.items():
-        object.__setattr__(spec, key, value)
-    return spec
-
-
 class LibvirtMachine(Machine):
     """A vmctl machine as a persistent libvirt domain carrying vmctl's metadata."""
 
@@ -168,7 +143,7 @@ class LibvirtMachine(Machine):
 
     @property
     def spec(self) -> MachineSpec:
-        return _spec_from(dict(self._meta()["spec"]))
+        return spec_from_record(self._meta()["spec"])
 
     def _crash_acknowledged(self, dom: libvirt.virDomain) -> bool:
         try:

@@ -34,6 +34,9 @@ from typing import Any
 
 import psutil
 
+from vmctl.backend.records import spec_from_record
+from vmctl.backend.store import default_state_dir
+from vmctl.backend.usage import usage_of_process
 from vmctl.errors import (
     BackendError,
     BackendUnavailable,
@@ -46,9 +49,7 @@ from vmctl.errors import (
     Unsupported,
 )
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import default_state_dir
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage, validate_name
-from vmctl.usage import process_tree_usage
 
 from ._transport import SnapshotInfo, Transport, VMInfo
 
@@ -137,9 +138,11 @@ class VirtualBoxMachine(Machine):
             if raw is None:
                 raise MachineNotFound(self.name, "virtualbox")
             try:
-                self._spec = MachineSpec.from_dict(json.loads(raw))
+                recorded = json.loads(raw)
             except ValueError as exc:
                 raise BackendError(f"the vmctl spec stored in VM {self.name!r} is unreadable: {exc}") from exc
+            # The base image may have moved since: the spec is read back without requiring it.
+            self._spec = spec_from_record(recorded)
         return self._spec
 
     def info(self) -> VMInfo:
@@ -353,17 +356,7 @@ class VirtualBoxMachine(Machine):
             return Usage(machine=self.name)
         pid = self._get_pid()
         if pid:
-            try:
-                pu = process_tree_usage(pid)
-            except psutil.NoSuchProcess:
-                return Usage(machine=self.name)
-            return Usage(
-                machine=self.name,
-                cpu_seconds=pu.cpu_seconds,
-                memory_bytes=pu.memory_bytes,
-                disk_read_bytes=pu.read_bytes,
-                disk_write_bytes=pu.write_bytes,
-            )
+            return usage_of_process(self.name, pid)
         # No process to look at (e.g. VirtualBox runs it as another user): VirtualBox's metrics.
         try:
             metrics = self.transport.metrics(self.name)

@@ -19,12 +19,12 @@ import shutil
 import time
 
 import vmctl
+from vmctl.backend.usage import pid_alive
 from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._outcome import Trouble
 from vmctl.boinc._task import Task
 from vmctl.boinc._vmsetup import Registration
-from vmctl.usage import pid_alive
 
 __all__ = ["BOOT_TIMEOUT", "SAVE_RETRY_PAUSE", "SAVE_RETRY_TIME", "VmPolicy"]
 
