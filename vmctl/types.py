@@ -299,11 +299,6 @@ class Usage:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def _repr_html_(self) -> str:
-        from vmctl.display import usage_html
-
-        return usage_html(self)
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -317,11 +312,6 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def _repr_html_(self) -> str:
-        from vmctl.display import snapshot_html
-
-        return snapshot_html(self)
 
 
 @dataclass(frozen=True)
