@@ -144,7 +144,7 @@ def test_error_with_exit_status_zero_is_an_error(sim: Sim) -> None:
 
 
 def test_machine_not_found_is_detected_even_with_exit_zero(sim: Sim) -> None:
-    from vmctl_virtualbox._machine import VirtualBoxHypervisor
+    from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
 
     sim.fault("exit0", "showvminfo", count=None)
     code, out, errtext = sim.vbm("showvminfo", "ghost", "--machinereadable")
@@ -193,7 +193,7 @@ def test_transitional_state_reads_settle_or_report_unknown(sim: Sim) -> None:
 
 # -- error mapping -----------------------------------------------------------------------------------
 def test_vbox_errors_map_to_vmctl_errors(sim: Sim) -> None:
-    from vmctl_virtualbox._machine import VirtualBoxHypervisor
+    from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
 
     hv = sim.hv
     assert isinstance(hv, VirtualBoxHypervisor)
