@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vmctl.backend.ports import free_port
 
 URL = "http://127.0.0.1:1/probe/"
 PROJECT = "127.0.0.1_1_probe"
@@ -39,12 +40,6 @@ def boinc_available() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install boinc-client)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _el(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
@@ -84,7 +79,7 @@ class BoincPeer:
     tasks: Sequence[Task]
     leave_apps_in_memory: bool = True
     checkpoint_period: float = 60.0
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen[bytes] | None = None
 
