@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from vmctl.backend.ports import free_port
 
 URL = "http://127.0.0.1:1/probe/"
 PROJECT = "127.0.0.1_1_probe"
@@ -41,12 +42,6 @@ def boinc_available() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install boinc-client)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _el(parent: ET.Element, tag: str, text: object = None, **attrs: str) -> ET.Element:
@@ -86,7 +81,7 @@ class BoincPeer:
     tasks: Sequence[Task]
     leave_apps_in_memory: bool = True
     checkpoint_period: float = 60.0
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen[bytes] | None = None
     allowed_exits: dict[str, int] = field(default_factory=dict)
@@ -272,7 +267,7 @@ class BoincPeer:
                 self.wait_for(lambda: self._rpc_ready(), 30, "the client's GUI RPC port")
                 return
             self.kill()
-            taken, self.port = self.port, _free_port()
+            taken, self.port = self.port, free_port()
             with open(self.log_path, "a") as log:
                 log.write(f"(test) another process took the GUI RPC port {taken}: restarting on {self.port}\n")
         raise AssertionError(f"another process took the GUI RPC port three times:\n{self.log()[-3000:]}")

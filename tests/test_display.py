@@ -211,3 +211,44 @@ def test_usage_rates_io() -> None:
         "net_rx_rate": 1000.0,
         "net_tx_rate": 100.0,
     }
+
+
+def test_the_core_returns_plain_values_and_table_wraps_them(hv: vmctl.Hypervisor, odd_dir: Path) -> None:
+    vm = make(hv, "plain", odd_dir)
+    vm.start()
+    vm.snapshot("s1")
+    machines, snaps, usages = hv.machines(), vm.snapshots(), hv.usage_all()
+    assert type(machines) is list and type(snaps) is list and type(usages) is dict
+    assert str(display.table(machines)) == display.machines_text(machines)
+    assert str(display.table(snaps)) == display.snapshots_text(snaps)
+    assert str(display.table(usages)) == display.usages_text(usages.values())
+    assert isinstance(display.table([]), MachineList)
+    with pytest.raises(TypeError):
+        display.table([vm, snaps[0]])
+
+
+def test_ipython_shows_machines_usage_and_snapshots_as_html(hv: vmctl.Hypervisor, odd_dir: Path) -> None:
+    interactive = pytest.importorskip("IPython.core.interactiveshell")
+    shell = interactive.InteractiveShell.instance()
+    try:
+        display.load_ipython_extension(shell)
+        vm = make(hv, "shown", odd_dir)
+        snap = vmctl.Snapshot("s<1>", created=0, has_memory=False)
+        for value, expected in ((vm, "shown"), (vm.usage(), "usage of shown"), (snap, "s<1>")):
+            data, _ = shell.display_formatter.format(value)
+            assert expected in " ".join(parse(data["text/html"]).text)
+    finally:
+        interactive.InteractiveShell.clear_instance()
+
+
+def test_types_and_interface_do_not_import_the_display_module() -> None:
+    import ast
+
+    import vmctl.interface
+    import vmctl.types
+
+    for module in (vmctl.types, vmctl.interface):
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "vmctl.display" not in imported and "vmctl" not in imported, module.__name__

@@ -96,11 +96,11 @@ def declared_capabilities(column: str, tmp: Path) -> Capabilities:
             return hv.capabilities
     prop: Any
     if column == "libvirt":
-        from vmctl_libvirt._machine import LibvirtHypervisor
+        from vmctl_libvirt._hypervisor import LibvirtHypervisor
 
         return LibvirtHypervisor._probe_capabilities(SimpleNamespace(driver="QEMU"))  # type: ignore[arg-type]
     if column == "virtualbox":
-        from vmctl_virtualbox._machine import VirtualBoxHypervisor
+        from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
 
         prop, owner = VirtualBoxHypervisor.capabilities, None
     elif column in ("vmware", "vmware player"):

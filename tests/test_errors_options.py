@@ -35,11 +35,11 @@ def _open_target(backend: str) -> Callable[..., Any]:
 
         return QemuHypervisor
     if backend == "libvirt":
-        from vmctl_libvirt._machine import LibvirtHypervisor
+        from vmctl_libvirt._hypervisor import LibvirtHypervisor
 
         return LibvirtHypervisor
     if backend == "virtualbox":
-        from vmctl_virtualbox._machine import open_hypervisor
+        from vmctl_virtualbox._hypervisor import open_hypervisor
 
         return open_hypervisor
     if backend == "vmware":

@@ -14,6 +14,7 @@ import pytest
 
 import vmctl
 from vmctl import State
+from vmctl.backend.ports import free_port
 
 from .contract.harness import wait_until
 from .contract.harness_libvirt import load_services, readable_test_guest
@@ -171,14 +172,6 @@ def test_poweroff_of_a_crashed_machine_makes_it_stopped(make_vm: MakeVm) -> None
     vm.destroy()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _echo(port: int) -> bytes:
     import socket
 
@@ -197,7 +190,7 @@ def test_share_and_port_forward_reach_the_guest(hv: vmctl.Hypervisor, guest: tup
     kernel, initrd, disk, cmdline = guest
     share = Path(tempfile.mkdtemp(prefix="vmctl-share-", dir="/var/lib/libvirt/images"))
     name = f"share-{time.monotonic_ns() % 10**8}"
-    port = _free_port()
+    port = free_port()
     try:
         share.chmod(0o777)  # the guest writes through QEMU, which runs as libvirt-qemu
         (share / "run.sh").write_text("echo hello-from-guest > out.txt && share put job out.txt\n")

@@ -21,6 +21,7 @@ import pytest
 
 import vmctl
 from vmctl import State
+from vmctl.backend.ports import free_port
 from vmctl.tools import run_tool
 
 from .contract.harness import wait_until
@@ -33,12 +34,6 @@ pytestmark = pytest.mark.slow
 
 SSHD = "/usr/sbin/sshd"
 KNOWN_HOSTS = Path.home() / ".ssh" / "known_hosts"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -67,7 +62,7 @@ def ssh_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     run_tool(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], timeout=30)
     run_tool(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], timeout=30)
     shutil.copyfile(d / "client_key.pub", d / "authorized_keys")
-    port = _free_port()
+    port = free_port()
     (d / "sshd_config").write_text(
         "\n".join(
             [

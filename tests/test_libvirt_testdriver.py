@@ -254,3 +254,19 @@ def test_without_overlay_the_base_is_the_disk_and_destroy_deletes_its_snapshots(
     finally:
         raw.close()
     assert base.exists()
+
+
+def test_an_overlay_path_outside_the_state_dir_is_never_deleted(tmp_path: Path) -> None:
+    from vmctl_libvirt._storage import LocalOverlays
+
+    overlays = LocalOverlays(tmp_path / "overlays")
+    victim = tmp_path / "victim.qcow2"
+    victim.write_bytes(b"keep me")
+    for path in (str(victim), str(tmp_path / "overlays" / ".." / "victim.qcow2")):
+        with pytest.raises(vmctl.InvalidSpec, match="outside"):
+            overlays.delete(path)  # a path from a domain's metadata, which anyone may have edited
+    assert victim.read_bytes() == b"keep me"
+    own = tmp_path / "overlays" / "m-1.qcow2"
+    own.write_bytes(b"")
+    overlays.delete(str(own))
+    assert not own.exists()

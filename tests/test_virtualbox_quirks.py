@@ -9,6 +9,7 @@ slow transitions, error codes mapped to vmctl's errors, multiattach overlays, an
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -143,7 +144,7 @@ def test_error_with_exit_status_zero_is_an_error(sim: Sim) -> None:
 
 
 def test_machine_not_found_is_detected_even_with_exit_zero(sim: Sim) -> None:
-    from vmctl_virtualbox._machine import VirtualBoxHypervisor
+    from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
 
     sim.fault("exit0", "showvminfo", count=None)
     code, out, errtext = sim.vbm("showvminfo", "ghost", "--machinereadable")
@@ -192,7 +193,7 @@ def test_transitional_state_reads_settle_or_report_unknown(sim: Sim) -> None:
 
 # -- error mapping -----------------------------------------------------------------------------------
 def test_vbox_errors_map_to_vmctl_errors(sim: Sim) -> None:
-    from vmctl_virtualbox._machine import VirtualBoxHypervisor
+    from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
 
     hv = sim.hv
     assert isinstance(hv, VirtualBoxHypervisor)
@@ -370,3 +371,25 @@ def test_simulated_guest_can_finish_a_job_and_power_itself_off(sim: Sim, tmp_pat
     assert vm.wait_for(State.STOPPED, 10) is State.STOPPED
     assert (share / "out" / "result.txt").read_text() == "42\n"
     assert sim.guest("job1")["presses"] == 0
+
+
+# -- the recorded spec ----------------------------------------------------------------------------
+def test_the_spec_is_read_back_after_the_base_image_moved_and_checked_again(sim: Sim) -> None:
+    share = sim.base_folder.parent / "share"
+    share.mkdir()
+    sim.hv.create(sim.spec("moved", shared_dirs={"data": share}))
+    moved = sim.disk.with_name("elsewhere.vdi")
+    sim.disk.rename(moved)
+    try:
+        spec = sim.connect().machine("moved").spec  # a fresh handle reads the extradata again
+        assert spec.disk == sim.disk and spec.shared_dirs == {"data": share}
+        with pytest.raises(vmctl.InvalidSpec):
+            vmctl.MachineSpec.from_dict(spec.to_dict())  # what the backend used to read it with
+        tampered = json.dumps({**spec.to_dict(), "shared_dirs": {"data,readonly=off": str(share)}})
+        assert sim.vbm("setextradata", "moved", "vmctl/spec", tampered)[0] == 0
+        with pytest.raises(vmctl.InvalidSpec, match="tag 'data,readonly=off'"):
+            _ = sim.connect().machine("moved").spec
+    finally:
+        moved.rename(sim.disk)
+    sim.connect().machine("moved").destroy()  # an unreadable spec does not keep a machine alive
+    assert '"moved"' not in sim.vbm("list", "vms")[1]

@@ -371,3 +371,19 @@ def test_player_machines_run_on_the_disk_and_refuse_snapshots_and_pause(env: Set
     assert env.disk.read_bytes() == disk, "destroy leaves the disk of an overlay=False machine alone"
     assert [c for c in env.calls() if c["argv"][2] in ("clone", "snapshot", "listSnapshots")] == []
     assert len([c for c in env.calls() if c["argv"][2] == "pause"]) == 1, "only the forced one above"
+
+
+def test_the_recorded_spec_survives_a_moved_disk_but_not_a_tampered_tag(env: Setup) -> None:
+    hv = env.connect()
+    hv.create(vmctl.MachineSpec(name="rec", disk=env.disk, overlay=False))
+    moved = env.disk.with_name("moved.vmdk")
+    env.disk.rename(moved)
+    try:
+        assert env.connect().machine("rec").spec.disk == env.disk
+        store = hv.store  # type: ignore[attr-defined]
+        spec = dict(store.read("rec")["spec"])
+        store.update("rec", spec={**spec, "shared_dirs": {"x y": str(env.tmp)}})
+        with pytest.raises(vmctl.InvalidSpec, match="tag 'x y'"):
+            _ = env.connect().machine("rec").spec
+    finally:
+        moved.rename(env.disk)

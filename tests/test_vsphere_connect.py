@@ -17,6 +17,7 @@ import pytest
 
 import vmctl
 from tests.vcsim import Vcsim, build_vcsim, vcsim_fixture
+from vmctl.backend.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "s3cret-" + secrets.token_hex(8)
@@ -157,11 +158,7 @@ def test_bad_options_are_invalid_spec(vcsim: Vcsim) -> None:
 
 
 def test_closed_port_is_a_connection_error() -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nobody listens there
     with pytest.raises(vmctl.BackendError) as err:
         vmctl.connect("vsphere", host="127.0.0.1", port=port, user="u", password="p", verify_tls=False, timeout=5)  # noqa: S106 - not a secret
     assert err.value.code == "connection"

@@ -10,6 +10,7 @@ True
 
 import logging
 
+from vmctl import display as display  # registers the HTML display of machines with a running IPython
 from vmctl.errors import (
     BackendError,
     BackendUnavailable,

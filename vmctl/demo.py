@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import vmctl
+from vmctl.backend.ports import free_port
 from vmctl.progress import reporting
 from vmctl.testguest import TestGuest, ensure_test_guest
-from vmctl_qemu._machine import QemuMachine
 
 
 def _wait_console(log: Path, pattern: str, timeout: float, after: int = 0) -> str:
@@ -41,11 +41,14 @@ def _size(log: Path) -> int:
     return log.stat().st_size if log.exists() else 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def _tail(log: Path, max_bytes: int = 600) -> str:
+    """The end of the guest's console log, to show why a step failed."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, _size(log) - max_bytes))
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _echo(port: int, text: bytes) -> bytes:
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     share = work / "share"
     share.mkdir()
     console = work / "console.log"
-    port = _free_port()
+    port = free_port()
     spec = vmctl.MachineSpec(
         name="vmctl-demo",
         disk=guest.disk,
@@ -101,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             if old.name == spec.name:
                 old.destroy()
         vm = step("create (overlay on the base)", lambda: hv.create(spec), lambda m: str(m.state))
-        assert isinstance(vm, QemuMachine)
         try:
             step("start", vm.start, lambda _: f"pid {vm.pid}")
             step(
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             step("delete snapshot 'booted'", lambda: vm.delete_snapshot("booted"))
             step("destroy", vm.destroy)
         except BaseException:
-            print(f"failed; destroying {vm.name} (QEMU's log: {vm.hypervisor_log(600)!r})", file=sys.stderr)
+            print(f"failed; destroying {vm.name} (the guest's console ended: {_tail(console)!r})", file=sys.stderr)
             vm.destroy()
             raise
         left = [p.name for p in Path(state_dir).iterdir() if not p.name.startswith(".")]

@@ -3,6 +3,11 @@
 Everything here is pure formatting: it reads a machine's spec, state and pid and never changes
 anything. Every value put into HTML is escaped.
 
+The core returns plain values (a ``list`` of machines, a ``dict`` of usages); :func:`table` wraps
+one in a list that shows as a table: in Jupyter as HTML, with ``print()`` as aligned text. Single
+machines, usage samples and snapshots show as HTML in IPython and Jupyter once this module is
+imported (``import vmctl`` does), or with ``%load_ext vmctl.display``.
+
 >>> from vmctl.display import format_bytes, text_table
 >>> format_bytes(256 * 1024 * 1024)
 '256.0 MiB'
@@ -16,12 +21,13 @@ from __future__ import annotations
 
 import datetime
 import html
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, overload
 
-if TYPE_CHECKING:
-    from vmctl.interface import Machine
-    from vmctl.types import Snapshot, Usage
+from vmctl.errors import MachineNotFound
+from vmctl.interface import Machine
+from vmctl.types import Snapshot, Usage
 
 __all__ = [
     "MachineList",
@@ -40,6 +46,7 @@ __all__ = [
     "snapshot_html",
     "snapshots_html",
     "snapshots_text",
+    "table",
     "text_table",
     "usage_html",
     "usage_rates",
@@ -181,8 +188,6 @@ def _safe(fn: Any, default: object = "?") -> Any:
 
 
 def _state_text(vm: Machine) -> str:
-    from vmctl.errors import MachineNotFound
-
     try:
         return vm.state.value
     except MachineNotFound:
@@ -237,7 +242,7 @@ def machine_text(vm: Machine) -> str:
 
 
 def machine_html(vm: Machine) -> str:
-    """One machine as an HTML table (for ``Machine._repr_html_``)."""
+    """One machine as an HTML table (what Jupyter shows for a machine)."""
     rows = [(label, _state_badge(str(value)) if label == "state" else value) for label, value in machine_fields(vm)]
     return html_table(None, rows, caption=f"{type(vm).__name__} {vm.name}")
 
@@ -291,7 +296,7 @@ def usage_text(u: Usage) -> str:
 
 
 def usage_html(u: Usage) -> str:
-    """One usage sample as an HTML table (for ``Usage._repr_html_``)."""
+    """One usage sample as an HTML table (what Jupyter shows for a :class:`~vmctl.types.Usage`)."""
     return html_table(None, _usage_fields(u), caption=f"usage of {u.machine} at {format_time(u.taken_at)}")
 
 
@@ -373,7 +378,7 @@ def snapshots_html(snapshots: Iterable[Snapshot]) -> str:
 
 
 def snapshot_html(s: Snapshot) -> str:
-    """One snapshot as an HTML table (for ``Snapshot._repr_html_``)."""
+    """One snapshot as an HTML table (what Jupyter shows for a :class:`~vmctl.types.Snapshot`)."""
     return html_table([h.lower() for h in _SNAPSHOT_HEADERS], [_snapshot_row(s)])
 
 
@@ -388,8 +393,8 @@ class _Pretty:
         p.text("[...]" if cycle else self._text())
 
 
-class MachineList(_Pretty, list["Machine"]):
-    """A list of machines (what ``Hypervisor.machines()`` returns) that shows as a table.
+class MachineList(_Pretty, list[Machine]):
+    """A list of machines (such as ``Hypervisor.machines()`` returns) that shows as a table.
 
     ``repr()`` stays a list's; ``str()`` and IPython show the table, Jupyter shows HTML.
     """
@@ -404,8 +409,8 @@ class MachineList(_Pretty, list["Machine"]):
         return machines_html(self)
 
 
-class SnapshotList(_Pretty, list["Snapshot"]):
-    """A list of snapshots (what ``Machine.snapshots()`` returns) that shows as a table."""
+class SnapshotList(_Pretty, list[Snapshot]):
+    """A list of snapshots (such as ``Machine.snapshots()`` returns) that shows as a table."""
 
     def _text(self) -> str:
         return snapshots_text(self)
@@ -417,8 +422,8 @@ class SnapshotList(_Pretty, list["Snapshot"]):
         return snapshots_html(self)
 
 
-class UsageMap(_Pretty, dict[str, "Usage"]):
-    """Usage keyed by machine name (what ``Hypervisor.usage_all()`` returns) that shows as a table."""
+class UsageMap(_Pretty, dict[str, Usage]):
+    """Usage keyed by machine name (such as ``Hypervisor.usage_all()`` returns) that shows as a table."""
 
     def _text(self) -> str:
         return usages_text(self.values())
@@ -428,3 +433,57 @@ class UsageMap(_Pretty, dict[str, "Usage"]):
 
     def _repr_html_(self) -> str:
         return usages_html(self.values())
+
+
+@overload
+def table(values: Mapping[str, Usage]) -> UsageMap: ...
+
+
+@overload
+def table(values: Iterable[Machine]) -> MachineList: ...
+
+
+@overload
+def table(values: Iterable[Snapshot]) -> SnapshotList: ...
+
+
+def table(
+    values: Mapping[str, Usage] | Iterable[Machine] | Iterable[Snapshot],
+) -> UsageMap | MachineList | SnapshotList:
+    """The display wrapper for what ``machines()``, ``snapshots()`` or ``usage_all()`` returned.
+
+    >>> import vmctl
+    >>> str(table([vmctl.Snapshot("s1", created=0, has_memory=False)])).splitlines()[0].split()
+    ['NAME', 'CREATED', 'MEMORY', 'PARENT', 'DESCRIPTION']
+    >>> table({})
+    {}
+    """
+    if isinstance(values, Mapping):
+        return UsageMap(values)
+    items: list[object] = list(values)
+    snapshots = [v for v in items if isinstance(v, Snapshot)]
+    machines = [v for v in items if isinstance(v, Machine)]
+    if items and len(snapshots) == len(items):
+        return SnapshotList(snapshots)
+    if len(machines) == len(items):
+        return MachineList(machines)
+    raise TypeError("table() takes machines, snapshots or a mapping of machine name to Usage")
+
+
+# -- IPython and Jupyter ----------------------------------------------------------------------------
+def load_ipython_extension(shell: Any) -> None:
+    """Show machines, usage samples and snapshots as HTML tables (``%load_ext vmctl.display``)."""
+    formatter = shell.display_formatter.formatters["text/html"]
+    formatter.for_type(Machine, machine_html)
+    formatter.for_type(Usage, usage_html)
+    formatter.for_type(Snapshot, snapshot_html)
+
+
+def _register_with_running_ipython() -> None:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is not None:
+        load_ipython_extension(shell)
+
+
+_register_with_running_ipython()

@@ -73,11 +73,6 @@ class Machine(ABC):
             state = "?"
         return f"<{type(self).__name__} {self.name!r} on {self.hypervisor.name} {state}>"
 
-    def _repr_html_(self) -> str:
-        from vmctl.display import machine_html
-
-        return machine_html(self)
-
     # -- what backends implement -------------------------------------------------------------
     @property
     @abstractmethod
@@ -256,12 +251,10 @@ class Machine(ABC):
         return self._do_snapshot(name, description, timeout)
 
     def snapshots(self) -> list[Snapshot]:
-        """The machine's snapshots, oldest first."""
-        from vmctl.display import SnapshotList
-
+        """The machine's snapshots, oldest first (:func:`vmctl.display.table` shows them as one)."""
         if not self.capabilities.snapshots:
             raise Unsupported(self.hypervisor.name, "snapshots")
-        return SnapshotList(self._do_snapshots())
+        return list(self._do_snapshots())
 
     def _find_snapshot(self, name: str) -> Snapshot:
         from vmctl.errors import SnapshotNotFound
@@ -382,10 +375,9 @@ class Hypervisor(ABC):
         return self._open_machine(name)
 
     def machines(self) -> list[Machine]:
-        """Every machine this connection manages, sorted by name."""
-        from vmctl.display import MachineList
-
-        found = MachineList()
+        """Every machine this connection manages, sorted by name (:func:`vmctl.display.table`
+        shows them as one)."""
+        found: list[Machine] = []
         for name in sorted(self._machine_names()):
             try:
                 found.append(self._open_machine(name))
@@ -395,9 +387,7 @@ class Hypervisor(ABC):
 
     def usage_all(self) -> dict[str, Usage]:
         """Usage of every machine, keyed by name. Backends with a bulk call do it in one."""
-        from vmctl.display import UsageMap
-
-        result = UsageMap()
+        result: dict[str, Usage] = {}
         for vm in self.machines():
             result[vm.name] = vm.usage()
         return result

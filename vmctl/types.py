@@ -78,13 +78,17 @@ def validate_snapshot_name(name: object) -> str:
     return validate_name(name, "snapshot name")
 
 
-def _existing_file(value: str | Path | None, field_name: str) -> Path | None:
-    if value is None:
-        return None
+def _path(value: object, field_name: str) -> Path:
     if not isinstance(value, (str, Path)) or str(value) == "" or "\x00" in str(value):
         raise InvalidSpec(field_name, f"{value!r} is not a path")
-    path = Path(value).expanduser().absolute()
-    if not path.is_file():
+    return Path(value).expanduser().absolute()
+
+
+def _existing_file(value: str | Path | None, field_name: str, check_files: bool = True) -> Path | None:
+    if value is None:
+        return None
+    path = _path(value, field_name)
+    if check_files and not path.is_file():
         raise InvalidSpec(field_name, f"{path} does not exist or is not a regular file")
     return path
 
@@ -164,15 +168,23 @@ class MachineSpec:
     serial_log: Path | None = None
 
     def __post_init__(self) -> None:
+        self._validate(check_files=True)
+
+    def _validate(self, check_files: bool) -> None:
+        """Check every field; with ``check_files`` also that the files and directories exist.
+
+        Without it (a spec read back from a machine's record, whose base image may have moved)
+        everything else is still checked: names, numbers, share tags, port forwards, paths.
+        """
         validate_name(self.name)
         for label, value, top in (("memory_mib", self.memory_mib, MAX_MEMORY_MIB), ("cpus", self.cpus, MAX_CPUS)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
                 raise InvalidSpec(label, f"{value!r} must be an integer from 1 to {top}")
         if not isinstance(self.overlay, bool):
             raise InvalidSpec("overlay", f"{self.overlay!r} is not a boolean")
-        object.__setattr__(self, "disk", _existing_file(self.disk, "disk"))
-        object.__setattr__(self, "kernel", _existing_file(self.kernel, "kernel"))
-        object.__setattr__(self, "initrd", _existing_file(self.initrd, "initrd"))
+        object.__setattr__(self, "disk", _existing_file(self.disk, "disk", check_files))
+        object.__setattr__(self, "kernel", _existing_file(self.kernel, "kernel", check_files))
+        object.__setattr__(self, "initrd", _existing_file(self.initrd, "initrd", check_files))
         if self.initrd is not None and self.kernel is None:
             raise InvalidSpec("initrd", "an initrd needs a kernel")
         if self.cmdline is not None:
@@ -184,24 +196,22 @@ class MachineSpec:
             raise InvalidSpec("disk", "a machine needs a disk image or a kernel to boot")
         if self.network is not None and not isinstance(self.network, Network):
             raise InvalidSpec("network", f"{self.network!r} is not a vmctl.Network")
+        if not isinstance(self.shared_dirs, Mapping):
+            raise InvalidSpec("shared_dirs", f"{self.shared_dirs!r} is not a mapping of tag to directory")
         shared: dict[str, Path] = {}
         for tag, directory in dict(self.shared_dirs).items():
             if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
                 raise InvalidSpec("shared_dirs", f"tag {tag!r} must match [A-Za-z0-9][A-Za-z0-9_-]* (at most 31)")
-            if not isinstance(directory, (str, Path)) or "\x00" in str(directory) or str(directory) == "":
-                raise InvalidSpec("shared_dirs", f"{directory!r} is not a path")
-            path = Path(directory).expanduser().absolute()
-            if not path.is_dir():
+            path = _path(directory, "shared_dirs")
+            if check_files and not path.is_dir():
                 raise InvalidSpec("shared_dirs", f"{path} does not exist or is not a directory")
             shared[tag] = path
         object.__setattr__(self, "shared_dirs", shared)
         if self.serial_log is not None:
-            if not isinstance(self.serial_log, (str, Path)) or "\x00" in str(self.serial_log):
-                raise InvalidSpec("serial_log", f"{self.serial_log!r} is not a path")
-            log = Path(self.serial_log).expanduser().absolute()
-            if not log.parent.is_dir():
+            log = _path(self.serial_log, "serial_log")
+            if check_files and not log.parent.is_dir():
                 raise InvalidSpec("serial_log", f"directory {log.parent} does not exist")
-            if log.is_dir():
+            if check_files and log.is_dir():
                 raise InvalidSpec("serial_log", f"{log} is a directory")
             object.__setattr__(self, "serial_log", log)
 
@@ -223,22 +233,10 @@ class MachineSpec:
 
     @classmethod
     def from_record(cls, data: Mapping[str, Any]) -> MachineSpec:
-        """Rebuild a spec that was validated when its machine was created, without checking
-        that its files still exist (a machine whose base image is gone can still be destroyed)."""
-        spec = object.__new__(cls)
-        values: dict[str, Any] = {f.name: f.default for f in fields(cls) if f.name != "shared_dirs"}
-        values["shared_dirs"] = {}
-        values.update(data)
-        for key in ("disk", "kernel", "initrd", "serial_log"):
-            if values.get(key) is not None:
-                values[key] = Path(values[key])
-        values["shared_dirs"] = {tag: Path(p) for tag, p in dict(values["shared_dirs"]).items()}
-        net = values.get("network")
-        if isinstance(net, Mapping):
-            values["network"] = Network(port_forwards=[PortForward(**dict(pf)) for pf in net.get("port_forwards", [])])
-        for key, value in values.items():
-            object.__setattr__(spec, key, value)
-        return spec
+        """Deprecated: backends use :func:`vmctl.backend.records.spec_from_record`."""
+        from vmctl.backend.records import spec_from_record
+
+        return spec_from_record(data)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MachineSpec:
@@ -301,11 +299,6 @@ class Usage:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def _repr_html_(self) -> str:
-        from vmctl.display import usage_html
-
-        return usage_html(self)
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -319,11 +312,6 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def _repr_html_(self) -> str:
-        from vmctl.display import snapshot_html
-
-        return snapshot_html(self)
 
 
 @dataclass(frozen=True)

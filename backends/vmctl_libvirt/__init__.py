@@ -68,7 +68,7 @@ class _Provider(BackendProvider):
     )
 
     def open(self, **options: Any) -> Hypervisor:
-        from ._machine import LibvirtHypervisor
+        from ._hypervisor import LibvirtHypervisor
 
         return LibvirtHypervisor(**options)
 

@@ -1,45 +1,34 @@
-"""LibvirtHypervisor and LibvirtMachine: vmctl's verbs on libvirt's domain API."""
+"""LibvirtMachine: vmctl's verbs on one libvirt domain."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib
 import logging
-import os
-import threading
-import time
-import uuid as uuidlib
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
-from vmctl.errors import BackendError, InvalidSpec, InvalidState, MachineExists, MachineNotFound, SnapshotNotFound
-from vmctl.interface import Hypervisor, Machine
-from vmctl.store import default_state_dir
-from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
-from vmctl.usage import pid_alive
+from vmctl.backend.records import spec_from_record
+from vmctl.backend.usage import pid_alive
+from vmctl.errors import BackendError, InvalidState, MachineNotFound, SnapshotNotFound
+from vmctl.interface import Machine
+from vmctl.types import MachineSpec, Snapshot, State, Usage
 
-from ._connection import Connection, is_remote
-from ._storage import LocalOverlays, PoolOverlays, check_reachable
 from ._xml import (
-    NS,
     NS_CRASH_ACK,
     NS_PREFIX,
-    Backing,
-    DomainPlan,
     crash_ack_xml,
-    domain_xml,
-    metadata_json,
     netdev_id,
     parse_snapshot,
     set_link_state,
     snapshot_xml,
 )
 
-__all__ = ["LibvirtHypervisor", "LibvirtMachine"]
+if TYPE_CHECKING:
+    from ._hypervisor import LibvirtHypervisor
+
+__all__ = ["STATS", "LibvirtMachine", "usage_from"]
 
 log = logging.getLogger("vmctl.libvirt")
 
@@ -55,9 +44,6 @@ STATS = (
 )
 #: Longest a wait sleeps without an event before it reads the state again (a safety net only).
 EVENT_WAIT_CAP = 5.0
-REMOTE_POOL_PATH = "/var/lib/libvirt/images/vmctl"
-SYSTEM_STATE_DIR = Path("/var/lib/libvirt/images/vmctl")
-QEMU_PID_DIR = Path("/var/run/libvirt/qemu")
 
 _S = libvirt
 
@@ -79,7 +65,7 @@ def _state_from(state: int, reason: int) -> State | None:
     return State.UNKNOWN
 
 
-def _usage_from(name: str, stats: dict[str, Any]) -> Usage:
+def usage_from(name: str, stats: dict[str, Any]) -> Usage:
     state = stats.get("state.state")
     if state not in (_S.VIR_DOMAIN_RUNNING, _S.VIR_DOMAIN_BLOCKED, _S.VIR_DOMAIN_PAUSED, _S.VIR_DOMAIN_SHUTDOWN):
         return Usage(machine=name)
@@ -103,31 +89,6 @@ def _usage_from(name: str, stats: dict[str, Any]) -> Usage:
         net_rx_bytes=total("net", "net.count", "rx.bytes"),
         net_tx_bytes=total("net", "net.count", "tx.bytes"),
     )
-
-
-def _spec_from(data: dict[str, Any]) -> MachineSpec:
-    """The spec recorded at creation. Its paths are on the libvirt host, which may not be this
-    one, so when they do not exist here the spec is rebuilt without checking them."""
-    try:
-        return MachineSpec.from_dict(data)
-    except InvalidSpec:
-        pass
-    spec = object.__new__(MachineSpec)
-    values = {f.name: f.default for f in dataclasses.fields(MachineSpec) if f.default is not dataclasses.MISSING}
-    values["shared_dirs"] = {}
-    values.update(data)
-    for key in ("disk", "kernel", "initrd", "serial_log"):
-        if values.get(key) is not None:
-            values[key] = Path(values[key])
-    values["shared_dirs"] = {tag: Path(p) for tag, p in dict(values.get("shared_dirs") or {}).items()}
-    net = values.get("network")
-    if isinstance(net, dict):
-        from vmctl.types import Network, PortForward
-
-        values["network"] = Network(port_forwards=[PortForward(**pf) for pf in net.get("port_forwards", [])])
-    for key, value in values.items():
-        object.__setattr__(spec, key, value)
-    return spec
 
 
 class LibvirtMachine(Machine):
@@ -168,7 +129,7 @@ class LibvirtMachine(Machine):
 
     @property
     def spec(self) -> MachineSpec:
-        return _spec_from(dict(self._meta()["spec"]))
+        return spec_from_record(self._meta()["spec"])
 
     def _crash_acknowledged(self, dom: libvirt.virDomain) -> bool:
         try:
@@ -356,7 +317,7 @@ class LibvirtMachine(Machine):
         hv = self.hypervisor
         dom = hv._domain(self.name)
         stats = hv.connection.call("virDomainListGetStats", lambda c: c.domainListGetStats([dom], STATS, 0), self.name)
-        return _usage_from(self.name, stats[0][1] if stats else {})
+        return usage_from(self.name, stats[0][1] if stats else {})
 
     def _do_set_network(self, enabled: bool) -> None:
         def set_link(dom: libvirt.virDomain) -> None:
@@ -392,243 +353,3 @@ class LibvirtMachine(Machine):
         hv._forget(self.name)
         if overlay is not None:
             hv._overlays_for(str(overlay.get("kind", "file"))).delete(str(overlay["path"]))
-
-
-class LibvirtHypervisor(Hypervisor):
-    """vmctl on any libvirt URI: ``qemu:///system``, ``test:///default``, ``qemu+ssh://host/system``.
-
-    Options: ``state_dir`` (where local overlays go; default ``/var/lib/libvirt/images/vmctl`` for
-    ``qemu:///system`` as root, else vmctl's per-user state directory), ``pool`` (the storage
-    pool for overlays on a remote host, created at ``pool_path`` if missing), ``accel`` ("tcg"
-    or "kvm": the QEMU domain type), ``machine_type`` (default "q35"), ``check_access``
-    (refuse images the daemon's QEMU user cannot reach, for local ``qemu:///system``).
-    """
-
-    name = "libvirt"
-
-    def __init__(
-        self,
-        uri: str = "qemu:///system",
-        *,
-        state_dir: str | Path | None = None,
-        pool: str = "vmctl",
-        pool_path: str = REMOTE_POOL_PATH,
-        accel: str = "tcg",
-        machine_type: str = "q35",
-        check_access: bool = True,
-        keepalive: tuple[int, int] = (5, 3),
-    ) -> None:
-        if accel not in ("tcg", "kvm"):
-            raise InvalidSpec("accel", f"{accel!r} is not 'tcg' or 'kvm'")
-        self.uri = uri
-        self.connection = Connection(uri, keepalive)
-        self.remote = is_remote(uri)
-        self.driver = str(self.connection.call("virConnectGetType", lambda c: c.getType())).upper()
-        self.local_qemu = self.driver == "QEMU" and not self.remote
-        self.privileged = self.local_qemu and uri.rstrip("/").endswith("/system")
-        self.qemu_pid_dir = QEMU_PID_DIR
-        self.accel = accel
-        self.machine_type = machine_type
-        self.check_access = check_access and self.privileged
-        if state_dir is not None:
-            directory = Path(state_dir).expanduser().absolute()
-        elif self.privileged and os.geteuid() == 0:
-            directory = SYSTEM_STATE_DIR
-        else:
-            directory = default_state_dir("libvirt") / "overlays"
-        self._state_dir = directory
-        self._local: LocalOverlays | None = None
-        self._pool = PoolOverlays(self.connection, pool, pool_path)
-        self._lock = threading.Lock()
-        #: uuid -> metadata (vmctl's domains) or None (someone else's)
-        self._owned: dict[str, dict[str, Any] | None] = {}
-        #: name -> (connection generation, domain handle)
-        self._handles: dict[str, tuple[int, libvirt.virDomain]] = {}
-        self.connection.add_listener(self._on_event)
-        self._capabilities = self._probe_capabilities()
-
-    def __repr__(self) -> str:
-        return f"<LibvirtHypervisor {self.uri}>"
-
-    # -- plumbing -----------------------------------------------------------------------------
-    def _overlays_for(self, kind: str) -> LocalOverlays | PoolOverlays:
-        if kind == "volume":
-            return self._pool
-        if self._local is None:
-            self._local = LocalOverlays(self._state_dir)
-        return self._local
-
-    def _on_event(self, name: str, event: int) -> None:
-        if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
-            self._forget(name)
-
-    def _forget(self, name: str) -> None:
-        with self._lock:
-            self._handles.pop(name, None)
-
-    def _lookup(self, name: str) -> libvirt.virDomain:
-        return self.connection.call("virDomainLookupByName", lambda c: c.lookupByName(name), name)
-
-    def _domain(self, name: str) -> libvirt.virDomain:
-        """The (cached) handle of vmctl's domain ``name``; MachineNotFound if there is none."""
-        generation = self.connection.generation
-        with self._lock:
-            cached = self._handles.get(name)
-        if cached is not None and cached[0] == generation:
-            self.connection.get()  # reconnects, and so invalidates the handle, if the link dropped
-            if self.connection.generation == generation:
-                return cached[1]
-        dom = self._lookup(name)
-        if self._metadata_of(dom) is None:
-            raise MachineNotFound(name, "libvirt")
-        with self._lock:
-            self._handles[name] = (self.connection.generation, dom)
-        return dom
-
-    def _metadata_of(self, dom: libvirt.virDomain) -> dict[str, Any] | None:
-        """vmctl's metadata of ``dom``, or None if vmctl did not create it (cached by UUID)."""
-        key = dom.UUIDString()
-        with self._lock:
-            if key in self._owned:
-                return self._owned[key]
-        try:
-            raw = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-            meta: dict[str, Any] | None = metadata_json(raw)
-        except libvirt.libvirtError as exc:
-            code = exc.get_error_code()
-            if code == libvirt.VIR_ERR_NO_DOMAIN:
-                return None  # gone meanwhile; do not cache
-            if code != libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-                self.connection.raise_error(exc, "virDomainGetMetadata")
-            meta = None
-        except ValueError:
-            log.warning("domain %s has unreadable vmctl metadata; ignoring it", dom.name())
-            meta = None
-        with self._lock:
-            self._owned[key] = meta
-        return meta
-
-    def _metadata(self, name: str) -> dict[str, Any]:
-        meta = self._metadata_of(self._domain(name))
-        if meta is None:
-            raise MachineNotFound(name, "libvirt")
-        return meta
-
-    # -- capabilities -------------------------------------------------------------------------
-    def _probe_capabilities(self) -> Capabilities:
-        if self.driver == "QEMU":
-            return Capabilities(
-                events=True,
-                usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
-            )
-        if self.driver == "TEST":
-            # The mock driver keeps states, snapshots and managed saves but has no guest: it
-            # cannot change a NIC's link (virDomainUpdateDeviceFlags is not implemented) and
-            # reports no statistics besides the state.
-            return Capabilities(network_toggle=False, events=True, usage_fields=frozenset())
-        # Other hypervisor drivers (xen, ch, lxc...) are untested: offer the common verbs only.
-        return Capabilities(
-            suspend=True,
-            snapshots=False,
-            live_snapshots=False,
-            network_toggle=False,
-            events=True,
-            usage_fields=frozenset(),
-        )
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
-
-    # -- Hypervisor hooks ---------------------------------------------------------------------
-    def _check_spec(self, spec: MachineSpec) -> None:
-        if not self.check_access:
-            return
-        if spec.disk is not None:
-            check_reachable(spec.disk, "disk", need_read=True)
-        for label, path in (("kernel", spec.kernel), ("initrd", spec.initrd)):
-            if path is not None:
-                check_reachable(path, label, need_read=False)
-        for tag, directory in spec.shared_dirs.items():
-            check_reachable(directory / ".", f"shared_dirs[{tag}]", need_read=False)
-
-    def _do_create(self, spec: MachineSpec) -> Machine:
-        self._check_spec(spec)
-
-        def exists(conn: libvirt.virConnect) -> bool:
-            try:
-                conn.lookupByName(spec.name)
-                return True
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return False
-                raise
-
-        if self.connection.call("virDomainLookupByName", exists):
-            raise MachineExists(spec.name, "libvirt")
-        uuid = str(uuidlib.uuid4())
-        overlay: dict[str, str] | None = None
-        backing: Backing | None = None
-        disk_path = str(spec.disk) if spec.disk is not None else None
-        disk_format = "qcow2"
-        store = self._overlays_for("volume" if self.remote else "file")
-        if spec.disk is not None:
-            backing = store.backing(spec.disk)
-            if spec.overlay:
-                disk_path = store.create(f"{spec.name}-{uuid[:8]}.qcow2", backing)
-                overlay = {"kind": store.kind, "path": disk_path}
-            else:
-                disk_format, backing = backing.format, None
-        metadata: dict[str, Any] = {"version": 1, "spec": spec.to_dict(), "created": time.time()}
-        if overlay is not None:
-            metadata["overlay"] = overlay
-        plan = DomainPlan(
-            domain_type="test" if self.driver == "TEST" else ("kvm" if self.accel == "kvm" else "qemu"),
-            uuid=uuid,
-            disk_path=disk_path,
-            disk_format=disk_format,
-            backing=backing,
-            metadata=metadata,
-            machine_type=self.machine_type if self.driver == "QEMU" else None,
-        )
-        xml = domain_xml(spec, plan)
-        try:
-            dom = self.connection.get().defineXML(xml)
-        except libvirt.libvirtError as exc:
-            if overlay is not None:
-                with contextlib.suppress(Exception):
-                    store.delete(overlay["path"])
-            if exc.get_error_code() in (libvirt.VIR_ERR_DOM_EXIST, libvirt.VIR_ERR_OPERATION_FAILED) and (
-                "already exists" in (exc.get_error_message() or "")
-            ):
-                raise MachineExists(spec.name, "libvirt") from exc
-            self.connection.raise_error(exc, "virDomainDefineXML")
-        with self._lock:
-            self._owned[dom.UUIDString()] = metadata
-            self._handles[spec.name] = (self.connection.generation, dom)
-        return LibvirtMachine(self, spec.name)
-
-    def _machine_names(self) -> list[str]:
-        domains = self.connection.call("virConnectListAllDomains", lambda c: c.listAllDomains(0))
-        return [str(d.name()) for d in domains if self._metadata_of(d) is not None]
-
-    def _open_machine(self, name: str) -> Machine:
-        self._domain(name)
-        return LibvirtMachine(self, name)
-
-    def usage_all(self) -> dict[str, Usage]:
-        """Usage of every vmctl machine with ONE libvirt call (virConnectGetAllDomainStats).
-
-        Domains not yet known to this connection cost one metadata look-up each, once.
-        """
-        stats = self.connection.call("virConnectGetAllDomainStats", lambda c: c.getAllDomainStats(STATS, 0))
-        result: dict[str, Usage] = {}
-        for dom, values in stats:
-            if self._metadata_of(dom) is not None:
-                name = str(dom.name())
-                result[name] = _usage_from(name, values)
-        return dict(sorted(result.items()))
-
-    def close(self) -> None:
-        """Close the libvirt connection; domains keep running."""
-        self.connection.close()

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import libvirt
 
+from vmctl.backend.records import inside
+from vmctl.backend.tools import run_tool
 from vmctl.errors import BackendError, InvalidSpec
-from vmctl.tools import run_tool
 
 from ._connection import Connection
 from ._xml import Backing, pool_xml, volume_info, volume_xml
@@ -70,8 +71,10 @@ class LocalOverlays:
         return str(path)
 
     def delete(self, path: str) -> None:
+        """Delete an overlay this directory holds; the path comes from a domain's metadata, which
+        anyone with access to the daemon may edit, so a path outside the directory is refused."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(inside(self.directory, path, "overlay"))
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)

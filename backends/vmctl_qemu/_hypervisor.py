@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vmctl.backend.store import MachineStore, default_state_dir
+from vmctl.backend.tools import run_tool
 from vmctl.errors import BackendError, BackendUnavailable, InvalidSpec, VmctlError, os_error_code
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import MachineStore, default_state_dir
-from vmctl.tools import run_tool
 from vmctl.types import Capabilities, MachineSpec
 
 from ._command import resolve_accel

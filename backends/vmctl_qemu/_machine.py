@@ -22,7 +22,6 @@ lock they report the state that process is moving from or through (never a false
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import json
 import logging
@@ -39,12 +38,14 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
+from vmctl.backend.locking import lock_held
+from vmctl.backend.records import spec_from_record
+from vmctl.backend.store import LOCK, RECORD, atomic_write
+from vmctl.backend.tools import run_tool
+from vmctl.backend.usage import pid_alive, usage_of_process
 from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError
 from vmctl.interface import ALLOWED_FROM, Machine
-from vmctl.store import LOCK, RECORD, atomic_write
-from vmctl.tools import run_tool
 from vmctl.types import MachineSpec, Snapshot, State, Usage
-from vmctl.usage import pid_alive, process_tree_usage
 
 from . import _qmp
 from ._command import DISK_NODE, NIC_NETDEV, QMP_SOCKET, STATE_SOCKET, qemu_argv
@@ -134,17 +135,7 @@ class QemuMachine(Machine):
 
     def _lock_busy(self) -> bool:
         """True while some process (this one included) holds the machine's lock."""
-        try:
-            fd = os.open(self.dir / LOCK, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return lock_held(self.dir / LOCK)
 
     def _settle_if_idle(self) -> State | None:
         """Settle leftovers now if no verb is in progress; None if one is (it will settle them)."""
@@ -164,7 +155,7 @@ class QemuMachine(Machine):
     @property
     def spec(self) -> MachineSpec:
         if self._spec is None:
-            self._spec = MachineSpec.from_record(self._record()["spec"])
+            self._spec = spec_from_record(self._record()["spec"])
         return self._spec
 
     @property
@@ -762,23 +753,13 @@ class QemuMachine(Machine):
         proc = self._process(rec) if rec.get("status") != "suspended" else None
         if proc is None:
             return Usage(machine=self.name)
-        try:
-            pu = process_tree_usage(proc.pid)
-        except psutil.NoSuchProcess:
-            return Usage(machine=self.name)
         read = write = None
         with contextlib.suppress(BackendError, OperationTimeout):
             with _qmp.session(self.dir / STATE_SOCKET, 5) as s:
                 stats = s.execute("query-blockstats", timeout=5)
                 read = sum(int(d["stats"]["rd_bytes"]) for d in stats)
                 write = sum(int(d["stats"]["wr_bytes"]) for d in stats)
-        return Usage(
-            machine=self.name,
-            cpu_seconds=pu.cpu_seconds,
-            memory_bytes=pu.memory_bytes,
-            disk_read_bytes=read if read is not None else pu.read_bytes,
-            disk_write_bytes=write if write is not None else pu.write_bytes,
-        )
+        return usage_of_process(self.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write)
 
     @_typed_os_errors
     def _do_set_network(self, enabled: bool) -> None:

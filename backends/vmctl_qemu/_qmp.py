@@ -2,7 +2,7 @@
 
 QEMU's QMP socket serves one client at a time, and vmctl machines are controlled from several
 processes, so every operation opens its own session and closes it at once. Sessions run on
-vmctl's private event loop (vmctl.aio), which keeps the API synchronous even inside Jupyter.
+vmctl's private event loop (vmctl.backend.aio), which keeps the API synchronous even inside Jupyter.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from vmctl.aio import run_sync
+from vmctl.backend.aio import run_sync
 from vmctl.errors import BackendError, ErrorCode, OperationTimeout
 
 log = logging.getLogger("vmctl.qemu.qmp")

@@ -73,7 +73,7 @@ class _Provider(BackendProvider):
         return options.get("vboxmanage") is not None or options.get("transport") == "vboxapi"
 
     def open(self, **options: Any) -> Hypervisor:
-        from ._machine import open_hypervisor
+        from ._hypervisor import open_hypervisor
 
         return open_hypervisor(**options)
 

@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vmctl.backend.tools import run_tool
 from vmctl.errors import BackendError
-from vmctl.tools import run_tool
 from vmctl.types import Network
 
 from ._errors import VBoxErrorInfo, is_transient, map_error, parse_error

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -10,12 +9,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
+from vmctl.backend.locking import flocked
+from vmctl.backend.store import MachineStore, atomic_write, default_state_dir
 from vmctl.errors import BackendUnavailable, InvalidSpec, MachineExists, MachineNotFound, Unsupported
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import MachineStore, atomic_write, default_state_dir, flock_exclusive
 from vmctl.types import Capabilities, MachineSpec
 
 from ._machine import QUERY_TIMEOUT, VmwareMachine, parse_count_list
@@ -141,15 +140,6 @@ class VmwareHypervisor(Hypervisor):
         return VmwareMachine(self, spec.name)
 
     # -- base VMs for linked clones ---------------------------------------------------------
-    @contextlib.contextmanager
-    def _flocked(self, path: Path, what: str, timeout: float = CLONE_TIMEOUT) -> Iterator[None]:
-        fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            flock_exclusive(fd, f"lock on {what}", timeout)
-            yield
-        finally:
-            os.close(fd)
-
     def _ensure_base(self, disk: Path) -> Path:
         """The base VM linked clones of ``disk`` come from, with its snapshot ``vmctl-base``.
 
@@ -163,7 +153,7 @@ class VmwareHypervisor(Hypervisor):
             bases.mkdir(exist_ok=True, mode=0o700)
             key = hashlib.sha256(str(disk).encode()).hexdigest()[:16]
             base = bases / key / "base.vmx"
-            with self._flocked(bases / ".lock", "the base VMs"):
+            with flocked(bases / ".lock", "lock on the base VMs", CLONE_TIMEOUT):
                 if not base.exists():
                     tmp = Path(tempfile.mkdtemp(dir=bases, prefix=f".{key}.creating-"))
                     try:
@@ -175,7 +165,7 @@ class VmwareHypervisor(Hypervisor):
                         raise
         # A user's base VM may serve several vm_dirs: lock its directory (the .vmx is replaced
         # whenever VMware rewrites it, so a lock on that file would not hold).
-        with self._flocked(base.parent, f"base VM {base}"):
+        with flocked(base.parent, f"lock on base VM {base}", CLONE_TIMEOUT):
             snapshots = parse_count_list(self.vmrun("listSnapshots", base, timeout=QUERY_TIMEOUT), "Total snapshots")
             if BASE_SNAPSHOT not in snapshots:
                 log.info("taking snapshot %s of base VM %s", BASE_SNAPSHOT, base)

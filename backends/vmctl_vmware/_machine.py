@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from vmctl.backend.records import spec_from_record
+from vmctl.backend.usage import usage_of_process
 from vmctl.errors import BackendError, InvalidState, MachineNotFound, OperationTimeout, SnapshotNotFound, Unsupported
 from vmctl.interface import Machine
 from vmctl.types import MachineSpec, Snapshot, State, Usage
@@ -111,7 +113,7 @@ class VmwareMachine(Machine):
     @property
     def spec(self) -> MachineSpec:
         if self._spec is None:
-            self._spec = MachineSpec.from_record(self._record()["spec"])
+            self._spec = spec_from_record(self._record()["spec"])
         return self._spec
 
     # -- state ----------------------------------------------------------------------------
@@ -338,24 +340,7 @@ class VmwareMachine(Machine):
     def _do_usage(self) -> Usage:
         if self._get_state() not in (State.RUNNING, State.PAUSED):
             return Usage(machine=self.name)
-        pid = self._vmx_pid()
-        if pid is None:
-            return Usage(machine=self.name)
-        import psutil
-
-        from vmctl.usage import process_tree_usage
-
-        try:
-            usage = process_tree_usage(pid)
-        except psutil.NoSuchProcess:
-            return Usage(machine=self.name)
-        return Usage(
-            machine=self.name,
-            cpu_seconds=usage.cpu_seconds,
-            memory_bytes=usage.memory_bytes,
-            disk_read_bytes=usage.read_bytes,
-            disk_write_bytes=usage.write_bytes,
-        )
+        return usage_of_process(self.name, self._vmx_pid())
 
     def _do_destroy(self, timeout: float) -> None:
         # Only the machine's own directory goes: its linked-clone delta disk, saved state and

@@ -10,11 +10,9 @@ import logging
 import os
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
-from vmctl.errors import BackendError
-from vmctl.tools import c_locale_env, run_tool
+from vmctl.backend.tools import Background, run_tool
 
 from ._errors import VmrunError, check_result
 
@@ -57,8 +55,7 @@ class Vmrun:
     def __init__(self, path: str, product: str) -> None:
         self.path = path
         self.product = product
-        self._background: set[subprocess.Popen[str]] = set()
-        self._lock = threading.Lock()
+        self._background = Background()
 
     def argv(self, verb: str, *args: str | os.PathLike[str]) -> list[str]:
         return [self.path, "-T", self.product, verb, *(os.fspath(a) for a in args)]
@@ -75,43 +72,15 @@ class Vmrun:
         For verbs that block until the guest acts (``stop soft``), while the caller watches the
         machine's state itself.
         """
-        argv = self.argv(verb, *args)
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-                env=c_locale_env(),
-            )
-        except OSError as exc:
-            raise BackendError(f"cannot run {argv[0]}: {exc}", command=argv) from exc
-        with self._lock:
-            self._background.add(proc)
-        threading.Thread(target=self._reap, args=(proc, argv, timeout), daemon=True, name="vmrun-reaper").start()
+        self._background.spawn(self.argv(verb, *args), timeout=timeout, on_exit=self._check_background)
 
-    def _reap(self, proc: subprocess.Popen[str], argv: list[str], timeout: float) -> None:
+    @staticmethod
+    def _check_background(proc: subprocess.CompletedProcess[str]) -> None:
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            log.warning("%s outlived its %g s deadline and was killed", " ".join(argv[3:5]), timeout)
-        finally:
-            with self._lock:
-                self._background.discard(proc)
-        if proc.returncode >= 0:
-            try:
-                check_result(argv, proc.returncode, out, err)
-            except VmrunError as exc:
-                log.warning("background %s: %s", argv[3], exc.vix_message)
+            check_result(proc.args, proc.returncode, proc.stdout, proc.stderr)
+        except VmrunError as exc:
+            log.warning("background %s: %s", proc.args[3], exc.vix_message)
 
     def close(self) -> None:
         """Kill vmrun processes still running in the background."""
-        with self._lock:
-            procs = list(self._background)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+        self._background.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vmctl.store import atomic_write
+from vmctl.backend.store import atomic_write
 from vmctl.types import MachineSpec
 
 __all__ = ["VmxFile", "apply_spec", "new_vmx", "vmx_escape", "vmx_unescape"]

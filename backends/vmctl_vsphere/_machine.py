@@ -9,12 +9,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmctl.backend.records import spec_from_record
 from vmctl.errors import BackendError, InvalidSpec, MachineNotFound, SnapshotNotFound, VmctlError
 from vmctl.interface import Machine
-from vmctl.types import MachineSpec, Network, PortForward, Snapshot, State, Usage
+from vmctl.types import MachineSpec, Network, Snapshot, State, Usage
 
 from ._errors import ToolsUnavailable
 from ._faults import map_fault
@@ -58,26 +58,6 @@ def unchecked_spec(**values: Any) -> MachineSpec:
             value = f.default
         object.__setattr__(spec, f.name, value)
     return spec
-
-
-def spec_from_record(data: dict[str, Any]) -> MachineSpec:
-    """The spec recorded at creation; its paths are those of the host that created the VM."""
-    try:
-        return MachineSpec.from_dict(data)
-    except InvalidSpec:  # created on another host: its local paths are not here
-        pass
-    values = dict(data)
-    for key in ("disk", "kernel", "initrd", "serial_log"):
-        if isinstance(values.get(key), str):
-            values[key] = Path(values[key])
-    values["shared_dirs"] = {str(tag): Path(str(path)) for tag, path in dict(values.get("shared_dirs") or {}).items()}
-    net = values.get("network")
-    values["network"] = (
-        Network(port_forwards=[PortForward(**dict(pf)) for pf in net.get("port_forwards", [])])
-        if isinstance(net, dict)
-        else None
-    )
-    return unchecked_spec(**values)
 
 
 class VSphereMachine(Machine):

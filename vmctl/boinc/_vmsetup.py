@@ -18,7 +18,6 @@ import errno
 import logging
 import math
 import os
-import socket
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import vmctl
+from vmctl.backend.ports import free_port
 from vmctl.boinc import reaper
 from vmctl.boinc._guestfiles import CONSOLE_LOG
 from vmctl.boinc._outcome import Fatal, Trouble
@@ -135,12 +135,6 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
     """The VM the job describes, its disk an overlay over the slot's base image."""
     job, init = task.job, task.init
@@ -151,7 +145,7 @@ def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
     network = None
     if job.network:
         forwards = [
-            vmctl.PortForward(host_port=pf.host_port or _free_port(), guest_port=pf.guest_port)
+            vmctl.PortForward(host_port=pf.host_port or free_port(), guest_port=pf.guest_port)
             for pf in job.port_forwards
         ]
         for pf in forwards:

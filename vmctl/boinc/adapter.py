@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import vmctl
+from vmctl.backend.usage import pid_alive
 from vmctl.boinc import reaper
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
@@ -85,7 +86,6 @@ from vmctl.boinc.job import Job
 from vmctl.boinc.shm import Channel, SharedMemory
 from vmctl.boinc.slot import Slot
 from vmctl.boinc.state import TaskState
-from vmctl.usage import pid_alive
 
 __all__ = [
     "EXIT_ABORTED_BY_CLIENT",

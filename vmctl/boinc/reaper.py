@@ -17,10 +17,8 @@ was killed. The reaper then ends that process, identified by its pid and start t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -30,9 +28,10 @@ from typing import Any
 import psutil
 
 import vmctl
+from vmctl.backend.locking import flocked
+from vmctl.backend.store import atomic_write
+from vmctl.backend.usage import pid_alive
 from vmctl.boinc.initdata import INIT_DATA_FILE, InitDataError, parse_init_data
-from vmctl.store import atomic_write
-from vmctl.usage import pid_alive
 
 __all__ = ["REGISTRY_DIR", "Record", "reap", "register", "registry_dir", "task_exists", "unregister"]
 
@@ -40,6 +39,8 @@ log = logging.getLogger("vmctl.boinc")
 
 REGISTRY_DIR = "vmctl-boinc"
 _VMS = "vms"
+#: How long a reaper waits for another one that holds the registry (destroying VMs can take a while).
+LOCK_TIMEOUT = 600.0
 
 Connect = Callable[[str, dict[str, Any]], vmctl.Hypervisor]
 
@@ -116,14 +117,10 @@ def task_exists(record: Record) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def _locked(directory: Path, timeout: float) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flocked(directory / ".lock", f"lock on the reaper's registry {directory}", timeout):
         yield
-    finally:
-        os.close(fd)
 
 
 def _kill_leftover_process(record: Record) -> bool:
@@ -147,14 +144,20 @@ def _default_connect(backend: str, options: dict[str, Any]) -> vmctl.Hypervisor:
     return vmctl.connect(backend, **options)
 
 
-def reap(directory: Path, connect: Connect = _default_connect, keep: frozenset[str] = frozenset()) -> list[str]:
+def reap(
+    directory: Path,
+    connect: Connect = _default_connect,
+    keep: frozenset[str] = frozenset(),
+    timeout: float = LOCK_TIMEOUT,
+) -> list[str]:
     """Destroy the VMs of registered tasks that no longer exist; return their names.
 
     ``keep``: VM names never touched (the caller's own). A backend that cannot be reached now
-    leaves its records for a later run.
+    leaves its records for a later run. Raises :class:`vmctl.OperationTimeout` if another reaper
+    holds the registry for longer than ``timeout`` seconds.
     """
     reaped: list[str] = []
-    with _locked(directory):
+    with _locked(directory, timeout):
         for path, record in _records(directory):
             if record is None or record.vm in keep or task_exists(record):
                 continue

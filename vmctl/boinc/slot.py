@@ -37,8 +37,8 @@ import os
 import re
 from pathlib import Path
 
+from vmctl.backend.store import atomic_write
 from vmctl.boinc.errors import BoincError
-from vmctl.store import atomic_write
 
 __all__ = [
     "FINISH_FILE",

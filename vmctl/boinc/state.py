@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vmctl.store import atomic_write
+from vmctl.backend.store import atomic_write
 
 __all__ = ["SNAPSHOT_PREFIX", "Checkpoint", "TaskState", "snapshot_seq", "vm_name_for"]
 
