@@ -16,6 +16,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 from vmctl.errors import BackendUnavailable, MachineExists, MachineNotFound, OperationTimeout, VmctlError
 from vmctl.types import validate_name
 
-__all__ = ["MachineStore", "atomic_write", "default_state_dir", "flock_exclusive"]
+__all__ = ["MachineStore", "atomic_write", "default_state_dir", "file_lock", "flock_exclusive", "machine_lock"]
 
 RECORD = "machine.json"
 LOCK = ".lock"
@@ -83,6 +84,63 @@ def _check_private(root: Path, backend: str) -> None:
             backend,
             f"the state directory {root} is writable by its group or others (mode {stat.S_IMODE(st.st_mode):o})",
         )
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) while the block runs.
+
+    Excludes other processes and other threads of this one (each takes its own open file); the
+    thread that holds it may enter again without waiting. Raises :class:`OperationTimeout` at the
+    deadline and ``FileNotFoundError`` if the directory is gone. A lock file that was replaced or
+    removed while this caller waited is not trusted: the caller locks the new one instead.
+    """
+    key = os.path.abspath(path)
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(key, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            flock_exclusive(fd, what, max(0.0, deadline - time.monotonic()))
+            try:
+                same = os.stat(key).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def machine_lock(directory: Path, name: str, verb: str, timeout: float) -> Iterator[None]:
+    """A machine's lock as ``directory/<name>.lock``, for backends whose machines live elsewhere
+    (a hypervisor's registry): held while one verb runs, removed with the machine (after a
+    ``destroy``, or when a waiter finds the machine gone)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{validate_name(name)}.lock"
+    with file_lock(path, f"lock on machine {name!r}", timeout):
+        try:
+            yield
+        except MachineNotFound:
+            path.unlink(missing_ok=True)
+            raise
+        if verb == "destroy":
+            path.unlink(missing_ok=True)
 
 
 class MachineStore:
@@ -148,19 +206,17 @@ class MachineStore:
 
     @contextlib.contextmanager
     def locked(self, name: str, timeout: float = 600) -> Iterator[Path]:
-        """Hold the machine's lock (exclusive across processes) while the block runs."""
+        """Hold the machine's lock (exclusive across processes and threads, re-entrant in the
+        thread that holds it) while the block runs."""
         directory = self.path(name)
-        try:
-            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:
-            raise MachineNotFound(name, self.backend) from None
-        try:
-            flock_exclusive(fd, f"lock on machine {name!r}", timeout)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(file_lock(directory / LOCK, f"lock on machine {name!r}", timeout))
+            except FileNotFoundError:
+                raise MachineNotFound(name, self.backend) from None
             if not (directory / RECORD).is_file():
                 raise MachineNotFound(name, self.backend)
             yield directory
-        finally:
-            os.close(fd)
 
     def remove(self, name: str) -> None:
         """Delete the machine's directory: move it aside atomically, then delete it."""

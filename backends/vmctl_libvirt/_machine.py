@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,7 +18,7 @@ import libvirt
 
 from vmctl.errors import BackendError, InvalidSpec, InvalidState, MachineExists, MachineNotFound, SnapshotNotFound
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import default_state_dir
+from vmctl.store import default_state_dir, machine_lock
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
 from vmctl.usage import pid_alive
 
@@ -58,6 +58,7 @@ EVENT_WAIT_CAP = 5.0
 REMOTE_POOL_PATH = "/var/lib/libvirt/images/vmctl"
 SYSTEM_STATE_DIR = Path("/var/lib/libvirt/images/vmctl")
 QEMU_PID_DIR = Path("/var/run/libvirt/qemu")
+LOCK_DIR = ".vmctl-locks"
 
 _S = libvirt
 
@@ -138,6 +139,24 @@ class LibvirtMachine(Machine):
     def __init__(self, hypervisor: LibvirtHypervisor, name: str) -> None:
         super().__init__(hypervisor, name)
         self._seen_changes = 0
+
+    @contextlib.contextmanager
+    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
+        """libvirtd runs one job per domain at a time but holds no lock across vmctl's check and
+        action, and accepts some verbs in the target state (suspend of a paused domain). So
+        vmctl processes on this host also take a lock file in ``state_dir/.vmctl-locks``; a
+        caller elsewhere (another host, virsh) is answered by libvirt's own refusals, which
+        :meth:`_call` turns into InvalidState. Where that directory is not writable, only those."""
+        try:
+            lock = machine_lock(self.hypervisor._state_dir / LOCK_DIR, self.name, verb, timeout)
+            lock.__enter__()
+        except PermissionError as exc:
+            log.debug("%s: no lock file (%s); relying on libvirt's refusals", self.name, exc)
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            stack.push(lock)
+            yield
 
     # -- plumbing -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[libvirt.virDomain], T]) -> T:

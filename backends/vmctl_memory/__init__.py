@@ -18,12 +18,14 @@ against vmctl, and as the model the contract suite holds real backends to.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmctl.errors import BackendError, MachineExists, MachineNotFound
+from vmctl.errors import BackendError, MachineExists, MachineNotFound, OperationTimeout
 from vmctl.interface import Hypervisor, Machine
 from vmctl.registry import BackendProvider, Option
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
@@ -105,6 +107,17 @@ class MemoryMachine(Machine):
         rec.state = State.STOPPED
         rec.pid = None
         rec.shutdown_at = None
+
+    @contextlib.contextmanager
+    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
+        """The namespace's lock (machines live in this process only; every verb is instant)."""
+        if not _LOCK.acquire(timeout=max(timeout, 0.0)):
+            raise OperationTimeout(f"lock on machine {self.name!r}", timeout)
+        try:
+            self._rec()
+            yield
+        finally:
+            _LOCK.release()
 
     @property
     def spec(self) -> MachineSpec:

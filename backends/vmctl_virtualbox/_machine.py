@@ -25,6 +25,7 @@ crash was acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -43,10 +44,9 @@ from vmctl.errors import (
     MachineNotFound,
     OperationTimeout,
     SnapshotNotFound,
-    Unsupported,
 )
 from vmctl.interface import Hypervisor, Machine
-from vmctl.store import default_state_dir
+from vmctl.store import default_state_dir, machine_lock
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage, validate_name
 from vmctl.usage import process_tree_usage
 
@@ -59,6 +59,8 @@ log = logging.getLogger("vmctl.virtualbox")
 SPEC_KEY = "vmctl/spec"
 SNAPSHOT_KEY = "vmctl/snapshot/"
 ABORT_ACK_KEY = "vmctl/aborted-ack"
+#: beside the machines' folders in ``base_folder``: one lock file per machine
+LOCK_DIR = ".vmctl-locks"
 OSTYPE = "Linux_64"
 
 STATE_MAP: dict[str, State] = {
@@ -128,6 +130,11 @@ class VirtualBoxMachine(Machine):
     @property
     def transport(self) -> Transport:
         return self.hypervisor.transport
+
+    def _exclusive(self, verb: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """A lock file beside the machines' folders: VirtualBox's own session lock is held only
+        while one VBoxManage command runs, so it cannot cover vmctl's check and action."""
+        return machine_lock(self.hypervisor.base_folder / LOCK_DIR, self.name, verb, timeout)
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -417,18 +424,17 @@ class VirtualBoxHypervisor(Hypervisor):
         self.base_folder = Path(base_folder).expanduser().absolute()
         self.settle_timeout = settle_timeout
 
+    _feature_notes = {"kernel_boot": "VirtualBox cannot boot a kernel directly; give a bootable disk image"}
+
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
             cpu_limit=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
+            kernel_boot=False,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
-        if spec.kernel is not None:
-            raise Unsupported(
-                "virtualbox", "create", "VirtualBox cannot boot a kernel directly; give a bootable disk image"
-            )
         if spec.disk is None:
             raise InvalidSpec("disk", "VirtualBox machines need a disk image")
         t = self.transport
