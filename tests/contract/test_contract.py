@@ -17,6 +17,7 @@ import vmctl
 from vmctl import State
 
 from .harness import Harness, wait_until
+from .race import ProcessCaller, ThreadCaller, race
 
 MakeVm = Callable[..., vmctl.Machine]
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,3 +388,47 @@ def test_concurrent_creates_of_one_name_make_one_machine(harness: Harness, hv: v
         assert hv.machine(name).state is State.STOPPED
     finally:
         hv.machine(name).destroy()
+
+
+def test_two_callers_racing_on_one_machine_get_one_success(
+    harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm
+) -> None:
+    """Two processes (or, where machines live in one process, two threads) send the same verb
+    to one machine at the same moment, round after round: one succeeds, the other is refused
+    with InvalidState naming the state the winner left, and nothing else is ever answered."""
+    vm = make_vm()
+    if hv.capabilities.pause:
+        cycle = [
+            ("start", State.RUNNING),
+            ("pause", State.PAUSED),
+            ("resume", State.RUNNING),
+            ("poweroff", State.STOPPED),
+        ]
+    else:
+        cycle = [("start", State.RUNNING), ("poweroff", State.STOPPED)]
+    callers: list[ProcessCaller] | list[ThreadCaller]
+    if harness.multi_process:
+        callers = [ProcessCaller(harness, vm.name, ROOT) for _ in range(2)]
+    else:
+        callers = [ThreadCaller(hv, vm.name) for _ in range(2)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave inside verbs of microseconds, as processes would
+    overlapped = 0
+    try:
+        for round_ in range(harness.race_rounds):
+            verb, target = cycle[round_ % len(cycle)]
+            answers = race(callers, verb)
+            texts = sorted(a[0] for a in answers)
+            assert texts == ["InvalidState:" + target.value, "ok"], f"round {round_} ({verb}): {texts}"
+            assert vm.state is target, f"round {round_} ({verb})"
+            (_, began_a, ended_a), (_, began_b, ended_b) = answers
+            overlapped += began_a < ended_b and began_b < ended_a
+    finally:
+        sys.setswitchinterval(switch_interval)
+        for caller in callers:
+            caller.close()
+        if vm.state in (State.RUNNING, State.PAUSED):
+            vm.poweroff()
+    # proof that the race was run: the two calls were in flight together in many rounds
+    print(f"race on {harness.id}: {harness.race_rounds} rounds, {overlapped} overlapped, one winner in each")
+    assert overlapped >= harness.race_rounds // 5, f"the calls overlapped in only {overlapped} rounds"
