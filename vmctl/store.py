@@ -130,17 +130,30 @@ def file_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
 def machine_lock(directory: Path, name: str, verb: str, timeout: float) -> Iterator[None]:
     """A machine's lock as ``directory/<name>.lock``, for backends whose machines live elsewhere
     (a hypervisor's registry): held while one verb runs, removed with the machine (after a
-    ``destroy``, or when a waiter finds the machine gone)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ``destroy``, or when a waiter finds the machine gone), and the directory with the last one."""
     path = directory / f"{validate_name(name)}.lock"
-    with file_lock(path, f"lock on machine {name!r}", timeout):
+    with contextlib.ExitStack() as stack:
+        for attempt in range(10):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                stack.enter_context(file_lock(path, f"lock on machine {name!r}", timeout))
+                break
+            except FileNotFoundError:  # the directory went with another machine's last lock
+                if attempt == 9:
+                    raise
         try:
             yield
         except MachineNotFound:
-            path.unlink(missing_ok=True)
+            _remove_lock(path)
             raise
         if verb == "destroy":
-            path.unlink(missing_ok=True)
+            _remove_lock(path)
+
+
+def _remove_lock(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only if no other machine's lock is in it
 
 
 class MachineStore:

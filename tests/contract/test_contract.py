@@ -4,6 +4,7 @@ and what the guest itself sees. Parametrised over the harnesses in ``harness_*.p
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -76,6 +77,38 @@ def test_unknown_and_unsafe_names_are_refused(hv: vmctl.Hypervisor, make_vm: Mak
     for bad in ["../s", "s 1", "$(x)"]:
         with pytest.raises(vmctl.InvalidSpec):
             vm.snapshot(bad)
+
+
+def test_spec_features_the_backend_lacks_are_refused_at_create(
+    harness: Harness, hv: vmctl.Hypervisor, tmp_path: Path
+) -> None:
+    """Capabilities say which spec features a backend takes; create refuses the others with one
+    Unsupported message naming the feature, and makes nothing."""
+    caps = hv.capabilities
+    base = harness.spec(f"sf{time.monotonic_ns() % 100000}")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    uses = {
+        "kernel_boot": {"kernel": kernel},
+        "shared_dirs": {"shared_dirs": {"job": tmp_path}},
+        "port_forwards": {"network": vmctl.Network([vmctl.PortForward(2222, 22)])},
+        "serial_log": {"serial_log": tmp_path / "console.log"},
+        "overlay": {"overlay": True},
+        "direct_disk": {"overlay": False},
+    }
+    before = {vm.name for vm in hv.machines()}
+    for feature, change in uses.items():
+        assert isinstance(getattr(caps, feature), bool)
+        if getattr(caps, feature) or (feature in ("overlay", "direct_disk") and base.disk is None):
+            continue
+        values = {**base.to_dict(), **change}
+        spec = vmctl.MachineSpec(**{k: v for k, v in values.items() if k != "network"}, network=values.get("network"))
+        assert feature in vmctl.types.spec_features(spec)
+        with pytest.raises(
+            vmctl.Unsupported, match=re.escape(f"does not support create: {vmctl.types.SPEC_FEATURES[feature]}")
+        ):
+            hv.create(spec)
+    assert {vm.name for vm in hv.machines()} == before
 
 
 def test_invalid_transitions_from_stopped(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
