@@ -22,8 +22,7 @@ import vmctl
 
 from .harness import Harness
 
-#: how far ahead of now two processes are told to begin (both have read the order by then;
-#: threads get a tenth of it)
+#: how far ahead of now the two callers are told to begin (both have read the order by then)
 LEAD = 0.03
 
 WORKER = """
@@ -120,7 +119,7 @@ class ThreadCaller:
 
 def race(callers: list[ProcessCaller] | list[ThreadCaller], verb: str) -> list[list[Any]]:
     """Send ``verb`` to every caller for the same moment; their answers."""
-    at = time.monotonic() + (LEAD if isinstance(callers[0], ProcessCaller) else LEAD / 10)
+    at = time.monotonic() + LEAD
     for caller in callers:
         caller.send(verb, at)
     return [caller.answer() for caller in callers]
