@@ -127,20 +127,25 @@ def file_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def machine_lock(directory: Path, name: str, verb: str, timeout: float) -> Iterator[None]:
+def machine_lock(directory: Path, name: str, verb: str, timeout: float, optional: bool = False) -> Iterator[None]:
     """A machine's lock as ``directory/<name>.lock``, for backends whose machines live elsewhere
     (a hypervisor's registry): held while one verb runs, removed with the machine (after a
-    ``destroy``, or when a waiter finds the machine gone), and the directory with the last one."""
+    ``destroy``, or when a waiter finds the machine gone), and the directory with the last one.
+    ``optional``: where the directory cannot be written, run without the lock."""
     path = directory / f"{validate_name(name)}.lock"
     with contextlib.ExitStack() as stack:
         for attempt in range(10):
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                 stack.enter_context(file_lock(path, f"lock on machine {name!r}", timeout))
                 break
             except FileNotFoundError:  # the directory went with another machine's last lock
                 if attempt == 9:
                     raise
+            except PermissionError:
+                if not optional:
+                    raise
+                break
         try:
             yield
         except MachineNotFound:
@@ -151,8 +156,8 @@ def machine_lock(directory: Path, name: str, verb: str, timeout: float) -> Itera
 
 
 def _remove_lock(path: Path) -> None:
-    path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
         path.parent.rmdir()  # only if no other machine's lock is in it
 
 

@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,23 +140,11 @@ class LibvirtMachine(Machine):
         super().__init__(hypervisor, name)
         self._seen_changes = 0
 
-    @contextlib.contextmanager
-    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
-        """libvirtd runs one job per domain at a time but holds no lock across vmctl's check and
-        action, and accepts some verbs in the target state (suspend of a paused domain). So
-        vmctl processes on this host also take a lock file in ``state_dir/.vmctl-locks``; a
-        caller elsewhere (another host, virsh) is answered by libvirt's own refusals, which
-        :meth:`_call` turns into InvalidState. Where that directory is not writable, only those."""
-        try:
-            lock = machine_lock(self.hypervisor._state_dir / LOCK_DIR, self.name, verb, timeout)
-            lock.__enter__()
-        except PermissionError as exc:
-            log.debug("%s: no lock file (%s); relying on libvirt's refusals", self.name, exc)
-            yield
-            return
-        with contextlib.ExitStack() as stack:
-            stack.push(lock)
-            yield
+    def _exclusive(self, verb: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """libvirtd holds no lock across vmctl's check and action and accepts some verbs in their
+        target state, so vmctl callers on this host also take a lock file in ``state_dir``
+        (none where it is not writable); other callers meet libvirt's refusals (see _call)."""
+        return machine_lock(self.hypervisor._state_dir / LOCK_DIR, self.name, verb, timeout, optional=True)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[libvirt.virDomain], T]) -> T:
