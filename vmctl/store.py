@@ -139,7 +139,7 @@ def machine_lock(directory: Path, name: str, verb: str, timeout: float, optional
                 directory.mkdir(parents=True, exist_ok=True, mode=0o700)
                 stack.enter_context(file_lock(path, f"lock on machine {name!r}", timeout))
                 break
-            except FileNotFoundError:  # the directory went with another machine's last lock
+            except (FileNotFoundError, FileExistsError):  # the directory went with another machine's last lock
                 if attempt == 9:
                     raise
             except PermissionError:
