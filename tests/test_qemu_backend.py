@@ -237,3 +237,25 @@ def _wait_gone(pid: int, timeout: float) -> None:
             return
         assert time.monotonic() < deadline, f"process {pid} still there"
         time.sleep(0.05)
+
+
+def test_a_machine_without_a_qcow2_disk_says_it_has_no_snapshots(tmp_path: Path, guest: TestGuest) -> None:
+    """QEMU snapshots live in a qcow2 image: a machine writing to a raw image directly has none,
+    and says so in its own capabilities (its backend's still have them)."""
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(1 << 20))
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    spec = vmctl.MachineSpec(name="raw-1", disk=raw, overlay=False, kernel=guest.kernel, initrd=guest.initrd)
+    vm = hv.create(spec)
+    other = hv.create(_spec(guest, "ovl-1", tmp_path / "console.log"))
+    try:
+        assert hv.capabilities.snapshots and other.capabilities.snapshots
+        assert not vm.capabilities.snapshots and not vm.capabilities.live_snapshots
+        for call in (lambda: vm.snapshot("s"), vm.snapshots, lambda: vm.revert("s")):
+            with pytest.raises(vmctl.Unsupported, match="qcow2"):
+                call()
+        assert vm.state is vmctl.State.STOPPED
+    finally:
+        vm.destroy()
+        other.destroy()
+    assert raw.stat().st_size == 1 << 20
