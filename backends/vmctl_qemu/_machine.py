@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
-from vmctl.errors import BackendError, OperationTimeout, Unsupported, VmctlError
+from vmctl.errors import BackendError, OperationTimeout, Unsupported, VmctlError, os_error_code
 from vmctl.interface import Machine
 from vmctl.store import LOCK
 from vmctl.tools import run_tool
@@ -109,7 +109,7 @@ def _typed_os_errors(method: Callable[Concatenate[QemuMachine, _P], _R]) -> Call
 
 def _os_error(machine: str, what: str, exc: OSError) -> BackendError:
     path = str(exc.filename) if exc.filename is not None else None
-    return BackendError(f"{machine}: {what} failed: {exc}", command=path)
+    return BackendError(f"{machine}: {what} failed: {exc}", command=path, code=os_error_code(exc))
 
 
 def snapshot_tag(name: str) -> str:
