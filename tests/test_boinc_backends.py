@@ -637,7 +637,7 @@ class VmwarePlayerSim(VmwareWsSim):
 
 @pytest.mark.parametrize(
     ("backend_class", "shared_dir", "why"),
-    [(VsphereVcsim, True, "shared directories"), (VmwarePlayerSim, False, "overlay disks on VMware Player")],
+    [(VsphereVcsim, True, "shared directories"), (VmwarePlayerSim, False, "Player's vmrun has no clone verb")],
     ids=["vsphere-vcsim-shared-dir", "vmware-player-sim-overlay"],
 )
 def test_a_job_the_backend_cannot_run_fails_at_once(
@@ -774,14 +774,7 @@ def test_without_pause_or_suspend_the_vm_runs_on(
 def test_a_backend_without_a_console_file_runs_without_it(
     mem: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    create = MemoryHypervisor._do_create
-
-    def no_serial(self: MemoryHypervisor, spec: vmctl.MachineSpec) -> vmctl.Machine:
-        if spec.serial_log is not None:
-            raise vmctl.Unsupported("memory", "create", "a serial log on the local host")
-        return create(self, spec)
-
-    monkeypatch.setattr(MemoryHypervisor, "_do_create", no_serial)
+    lacking(monkeypatch, serial_log=False)  # create refuses a serial log: the adapter must ask first
     caplog.set_level("WARNING", logger="vmctl.boinc")
     started(mem)
     assert mem.vm().spec.serial_log is None and mem.vm().state is vmctl.State.RUNNING

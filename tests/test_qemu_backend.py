@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import vmctl
@@ -138,3 +140,129 @@ def test_a_killed_qemu_shows_crashed_and_keeps_its_log(tmp_path: Path, guest: Te
             vm.pause()
     finally:
         vm.destroy()
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()}
+
+
+def _reads(vm: vmctl.Machine) -> list[object]:
+    """Everything a user or a notebook does that reads the machine."""
+    return [vm.state, repr(vm), vm._repr_html_(), vm.pid, vm.usage(), vm.spec]
+
+
+def test_reading_the_state_of_a_machine_whose_qemu_died_changes_nothing(tmp_path: Path, guest: TestGuest) -> None:
+    """QEMU dies while a suspend's partial state file lies about: reads (state, repr, the
+    notebook view, pid, usage) leave every file as it was; the next verb cleans up."""
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    vm = hv.create(_spec(guest, "dead-1", tmp_path / "console.log"))
+    assert isinstance(vm, QemuMachine)
+    try:
+        vm.start(timeout=60)
+        partial = vm.dir / "state.bin.tmp"
+        partial.write_bytes(b"half a saved state")
+        pid = vm.pid
+        assert pid is not None
+        os.kill(pid, 9)
+        assert vm.wait_for(vmctl.State.CRASHED, timeout=20) is vmctl.State.CRASHED
+        keeper = json.loads((vm.dir / "run.json").read_bytes())["keeper_pid"]
+        _wait_gone(keeper, 10)
+        before = _files(vm.dir)
+        for _ in range(3):
+            assert _reads(vm)[0] is vmctl.State.CRASHED
+        assert _files(vm.dir) == before
+        vm.start(timeout=60)  # a verb settles the leftovers first
+        assert not partial.exists()
+        assert vm.state is vmctl.State.RUNNING
+    finally:
+        vm.destroy()
+
+
+def test_reading_the_state_never_ends_a_leftover_qemu(tmp_path: Path, guest: TestGuest) -> None:
+    """A poweroff killed after it recorded STOPPED leaves QEMU running: reads report STOPPED and
+    leave that QEMU alone; the next verb ends it before it acts."""
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    vm = hv.create(_spec(guest, "left-1", tmp_path / "console.log"))
+    assert isinstance(vm, QemuMachine)
+    try:
+        vm.start(timeout=60)
+        pid = vm.pid
+        assert pid is not None
+        hv.store.update(vm.name, status="stopped")  # what the killed poweroff had done
+        before = _files(vm.dir)
+        for _ in range(3):
+            state, text, *_ = _reads(vm)
+            assert state is vmctl.State.STOPPED and "stopped" in str(text)
+        assert vm.pid is None
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert _files(vm.dir) == before
+        vm.start(timeout=60)
+        _wait_gone(pid, 10)
+        assert vm.state is vmctl.State.RUNNING and vm.pid not in (None, pid)
+    finally:
+        vm.destroy()
+
+
+def test_reading_the_state_never_ends_a_qemu_whose_guest_powered_off(tmp_path: Path, guest: TestGuest) -> None:
+    """A graceful restart killed after the power button keeps QEMU in its "shutdown" run state
+    once the guest is off: reads report STOPPED without ending QEMU; the next verb ends it."""
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    log = tmp_path / "console.log"
+    vm = hv.create(_spec(guest, "husk-1", log))
+    assert isinstance(vm, QemuMachine)
+    try:
+        vm.start(timeout=60)
+        _wait_ready(log, 90)
+        pid = vm.pid
+        assert pid is not None
+        with vm._monitor() as s:  # what the killed restart had done
+            s.execute("set-action", {"shutdown": "pause"})
+            s.execute("system_powerdown")
+        deadline = time.monotonic() + 60
+        while vm._query_status() != "shutdown":
+            assert time.monotonic() < deadline, "the guest did not power off"
+            time.sleep(0.1)
+        before = _files(vm.dir)
+        for _ in range(3):
+            assert _reads(vm)[0] is vmctl.State.STOPPED
+        assert psutil.pid_exists(pid) and vm._query_status() == "shutdown"
+        assert _files(vm.dir) == before
+        vm.start(timeout=60)
+        _wait_gone(pid, 10)
+        assert vm.state is vmctl.State.RUNNING
+    finally:
+        vm.destroy()
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        assert time.monotonic() < deadline, f"process {pid} still there"
+        time.sleep(0.05)
+
+
+def test_a_machine_without_a_qcow2_disk_says_it_has_no_snapshots(tmp_path: Path, guest: TestGuest) -> None:
+    """QEMU snapshots live in a qcow2 image: a machine writing to a raw image directly has none,
+    and says so in its own capabilities (its backend's still have them)."""
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(1 << 20))
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    spec = vmctl.MachineSpec(name="raw-1", disk=raw, overlay=False, kernel=guest.kernel, initrd=guest.initrd)
+    vm = hv.create(spec)
+    other = hv.create(_spec(guest, "ovl-1", tmp_path / "console.log"))
+    try:
+        assert hv.capabilities.snapshots and other.capabilities.snapshots
+        assert not vm.capabilities.snapshots and not vm.capabilities.live_snapshots
+        for call in (lambda: vm.snapshot("s"), vm.snapshots, lambda: vm.revert("s")):
+            with pytest.raises(vmctl.Unsupported, match="qcow2"):
+                call()
+        assert vm.state is vmctl.State.STOPPED
+    finally:
+        vm.destroy()
+        other.destroy()
+    assert raw.stat().st_size == 1 << 20

@@ -155,7 +155,7 @@ def test_specs_vmware_cannot_run_are_refused_before_anything_is_made(env: Setup)
     with pytest.raises(vmctl.InvalidSpec, match="vmdk"):
         hv.create(vmctl.MachineSpec(name="q", disk=qcow))
     forwards = vmctl.Network(port_forwards=[vmctl.PortForward(host_port=2222, guest_port=22)])
-    with pytest.raises(vmctl.Unsupported, match="port forwarding"):
+    with pytest.raises(vmctl.Unsupported, match="port forwards"):
         hv.create(vmctl.MachineSpec(name="p", disk=env.disk, network=forwards))
     with pytest.raises(vmctl.Unsupported, match="Player"):
         env.connect("player").create(vmctl.MachineSpec(name="o", disk=env.disk))

@@ -5,6 +5,20 @@ methods. The public verbs live here, once: they check the machine's state agains
 transition table and the backend's :class:`~vmctl.types.Capabilities`, so that a verb means the
 same thing on every backend and an impossible one raises a typed error.
 
+The hook protocol. A public verb runs as::
+
+    with machine._exclusive(verb, timeout):    # other callers of this machine wait here
+        state = machine._get_state()           # refused with InvalidState unless allowed
+        machine._do_<verb>(...)                # only ever called from an allowed state
+
+so a ``_do_*`` hook may assume that the machine was, a moment ago and under the backend's
+exclusive section, in one of the states :data:`ALLOWED_FROM` lists for its verb, and that the
+capability the verb needs is there. Where the backend has no exclusive section (the default), a
+hook must expect that another caller moved the machine after the check and answer with
+:class:`InvalidState` (read the state again to say which), never with a BackendError for a lost
+race. Hooks raise only vmctl errors: :class:`~vmctl.errors.BackendError` when the hypervisor
+failed, :class:`~vmctl.errors.OperationTimeout` at their deadline.
+
 >>> import pathlib, tempfile, vmctl
 >>> disk = pathlib.Path(tempfile.mkdtemp()) / "base.img"
 >>> _ = disk.write_bytes(b"")
@@ -23,6 +37,7 @@ vmctl.errors.InvalidState: cannot pause machine 'doc-1' while it is paused (allo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -30,7 +45,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, Unsupported
-from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage, validate_name, validate_snapshot_name
+from vmctl.types import (
+    SPEC_FEATURES,
+    Capabilities,
+    MachineSpec,
+    Snapshot,
+    State,
+    Usage,
+    validate_name,
+    validate_snapshot_name,
+)
 
 __all__ = ["ALLOWED_FROM", "Hypervisor", "Machine"]
 
@@ -79,60 +103,104 @@ class Machine(ABC):
     def spec(self) -> MachineSpec:
         """The spec the machine was created from."""
 
-    @abstractmethod
-    def _get_state(self) -> State: ...
+    def _exclusive(self, verb: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """The section in which the core checks the state and runs one verb's ``_do_*`` hook.
+
+        While one caller (a thread or a process, through any handle) is inside it, every other
+        caller of the same machine waits at its entry, at most ``timeout`` seconds, then raises
+        :class:`OperationTimeout`. It must be re-entrant in the thread that holds it. On entry it
+        may also finish or undo what a caller killed in the middle of a verb left behind, so that
+        the state read next is true (``verb`` is ``"recover"`` for :meth:`recover`, ``"destroy"``
+        for :meth:`destroy`). Raises :class:`MachineNotFound` if the machine is gone.
+
+        The default is no section: the backend relies on its hypervisor to refuse a verb in the
+        wrong state, which the hook then reports as :class:`InvalidState`.
+        """
+        return contextlib.nullcontext()
 
     @abstractmethod
-    def _do_start(self, timeout: float) -> None: ...
+    def _get_state(self) -> State:
+        """The state now, read from the hypervisor. Never changes anything (no recovery, no
+        cleanup: ``repr`` and notebook displays call it). UNKNOWN where it cannot tell."""
 
     @abstractmethod
-    def _do_poweroff(self, timeout: float) -> None: ...
+    def _do_start(self, timeout: float) -> None:
+        """Boot the machine (from STOPPED or CRASHED) or restore its saved state (SUSPENDED).
+
+        Blocks until the hypervisor runs it (RUNNING), not until the guest has booted.
+        """
 
     @abstractmethod
-    def _do_destroy(self, timeout: float) -> None: ...
+    def _do_poweroff(self, timeout: float) -> None:
+        """Power off by force (from RUNNING, PAUSED, SUSPENDED or CRASHED), discarding any saved
+        state. Blocks until STOPPED."""
+
+    @abstractmethod
+    def _do_destroy(self, timeout: float) -> None:
+        """Undefine the machine and delete what vmctl made for it (overlay, saved state,
+        snapshots), never the base image. The core has powered off a RUNNING or PAUSED machine
+        first. Blocks until the machine is gone; afterwards lookups raise MachineNotFound."""
 
     def _do_pause(self, timeout: float) -> None:
+        """Freeze a RUNNING machine in host memory. Blocks until PAUSED."""
         raise Unsupported(self.hypervisor.name, "pause")
 
     def _do_resume(self, timeout: float) -> None:
+        """Continue a PAUSED machine. Blocks until RUNNING."""
         raise Unsupported(self.hypervisor.name, "resume")
 
     def _do_suspend(self, timeout: float) -> None:
+        """Save a RUNNING or PAUSED machine's state to disk and end its process. Blocks until
+        SUSPENDED; on failure the machine stays as it was (a RUNNING one keeps running)."""
         raise Unsupported(self.hypervisor.name, "suspend")
 
     def _do_request_shutdown(self) -> None:
-        """Ask the guest to shut down (ACPI power button); return at once."""
+        """Press the ACPI power button of a RUNNING machine; return at once (the core waits
+        for STOPPED outside the exclusive section and forces a power-off at its deadline)."""
         raise Unsupported(self.hypervisor.name, "stop")
 
     def _do_reset(self, timeout: float) -> None:
+        """Reset a RUNNING machine at once (a hard restart). Blocks until it runs again."""
         raise Unsupported(self.hypervisor.name, "restart")
 
     def _do_reboot(self, timeout: float) -> bool:
-        """Graceful reboot; return False if the guest did not comply by the deadline."""
+        """Graceful reboot of a RUNNING machine; return False if the guest did not comply by the
+        deadline (the core then resets it), True once it runs again."""
         raise Unsupported(self.hypervisor.name, "restart", "no graceful reboot")
 
     def _do_snapshot(self, name: str, description: str, timeout: float) -> Snapshot:
+        """Take snapshot ``name`` (validated, not taken yet) of a STOPPED machine, or with
+        memory of a RUNNING or PAUSED one (only where ``live_snapshots``); the machine's state
+        is unchanged afterwards. Returns the snapshot as :meth:`snapshots` lists it."""
         raise Unsupported(self.hypervisor.name, "snapshot")
 
     def _do_snapshots(self) -> list[Snapshot]:
+        """The machine's snapshots, oldest first. A read: also called outside the section."""
         raise Unsupported(self.hypervisor.name, "snapshots")
 
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
+        """Return to ``snapshot`` (found a moment ago). Blocks until RUNNING if it has memory,
+        else STOPPED; any saved state is discarded."""
         raise Unsupported(self.hypervisor.name, "revert")
 
     def _do_delete_snapshot(self, name: str, timeout: float) -> None:
+        """Delete snapshot ``name`` (found a moment ago); the machine's state is untouched."""
         raise Unsupported(self.hypervisor.name, "delete_snapshot")
 
     def _do_usage(self) -> Usage:
+        """Resource usage now; a read, called outside the section, from any state."""
         return Usage(machine=self.name)
 
     def _do_set_network(self, enabled: bool) -> None:
+        """Set the link of a RUNNING or PAUSED machine's NIC (the spec has a network)."""
         raise Unsupported(self.hypervisor.name, "set_network")
 
     def _do_set_cpu_limit(self, percent: int) -> None:
+        """Cap CPU use at ``percent`` (1-100, validated), from any state but CRASHED."""
         raise Unsupported(self.hypervisor.name, "set_cpu_limit")
 
     def _get_pid(self) -> int | None:
+        """The host process running the machine, or None. A read that changes nothing."""
         return None
 
     def _wait_changed(self, last: State, timeout: float) -> None:
@@ -155,40 +223,55 @@ class Machine(ABC):
 
     @property
     def capabilities(self) -> Capabilities:
+        """What this machine can do: its backend's capabilities, less what it lacks itself
+        (a QEMU machine without a qcow2 disk has no snapshots)."""
         return self.hypervisor.capabilities
 
-    def _require(self, verb: str, capability: bool = True, why: str = "") -> State:
+    def _why(self, capability: str) -> str:
+        """Why this machine lacks ``capability`` where its backend has it ("" if it does not)."""
+        return ""
+
+    @contextlib.contextmanager
+    def _checked(self, verb: str, timeout: float, capability: bool = True, why: str = "") -> Iterator[State]:
+        """Inside the machine's exclusive section: the state, if ``verb`` is allowed from it."""
         if not capability:
             raise Unsupported(self.hypervisor.name, verb, why)
-        state = self._get_state()
-        allowed = ALLOWED_FROM[verb]
-        if state not in allowed:
-            raise InvalidState(self.name, verb, state, allowed)
-        return state
+        with self._exclusive(verb, timeout):
+            state = self._get_state()
+            allowed = ALLOWED_FROM[verb]
+            if state not in allowed:
+                raise InvalidState(self.name, verb, state, allowed)
+            yield state
+
+    def recover(self, timeout: float = 60) -> State:
+        """Finish or undo what a caller killed in the middle of a verb left behind; return the
+        state. Every verb does this first, so there is rarely a need to call it."""
+        with self._exclusive("recover", timeout):
+            return self._get_state()
 
     def start(self, timeout: float = 60) -> None:
         """Boot a STOPPED or CRASHED machine, or restore a SUSPENDED one. Ends RUNNING."""
-        state = self._require("start")
-        log.info("%s: start (from %s)", self.name, state.value)
-        self._do_start(timeout)
+        with self._checked("start", timeout) as state:
+            log.info("%s: start (from %s)", self.name, state.value)
+            self._do_start(timeout)
 
     def pause(self, timeout: float = 30) -> None:
         """Freeze the running machine in host memory."""
-        self._require("pause", self.capabilities.pause)
-        log.info("%s: pause", self.name)
-        self._do_pause(timeout)
+        with self._checked("pause", timeout, self.capabilities.pause):
+            log.info("%s: pause", self.name)
+            self._do_pause(timeout)
 
     def resume(self, timeout: float = 30) -> None:
         """Continue a PAUSED machine."""
-        self._require("resume", self.capabilities.pause)
-        log.info("%s: resume", self.name)
-        self._do_resume(timeout)
+        with self._checked("resume", timeout, self.capabilities.pause):
+            log.info("%s: resume", self.name)
+            self._do_resume(timeout)
 
     def suspend(self, timeout: float = 300) -> None:
         """Save the machine's state to disk and release its host memory and process."""
-        self._require("suspend", self.capabilities.suspend)
-        log.info("%s: suspend", self.name)
-        self._do_suspend(timeout)
+        with self._checked("suspend", timeout, self.capabilities.suspend):
+            log.info("%s: suspend", self.name)
+            self._do_suspend(timeout)
 
     def stop(self, timeout: float = 60) -> bool:
         """Shut down gracefully (ACPI power button); power off by force at the deadline.
@@ -198,11 +281,11 @@ class Machine(ABC):
         A machine that crashes while shutting down can no longer comply: it is powered off at once
         (no waiting for the deadline) and ends STOPPED, and stop returns False.
         """
-        state = self._require("stop")
-        log.info("%s: stop (graceful, %g s)", self.name, timeout)
-        if state is State.PAUSED:
-            self._do_resume(timeout)
-        self._do_request_shutdown()
+        with self._checked("stop", timeout) as state:
+            log.info("%s: stop (graceful, %g s)", self.name, timeout)
+            if state is State.PAUSED:
+                self._do_resume(timeout)
+            self._do_request_shutdown()
         try:
             self.wait_for(State.STOPPED, timeout)
             return True
@@ -212,15 +295,16 @@ class Machine(ABC):
             if exc.state is not State.CRASHED:
                 raise
             log.warning("%s: crashed while shutting down; powering off", self.name)
-        if self._get_state() is not State.STOPPED:
-            self._do_poweroff(30)
+        with self._exclusive("poweroff", 30):
+            if self._get_state() in (State.RUNNING, State.PAUSED, State.CRASHED):
+                self._do_poweroff(30)
         return False
 
     def poweroff(self, timeout: float = 30) -> None:
         """Power off by force, now. From SUSPENDED this discards the saved state."""
-        self._require("poweroff")
-        log.info("%s: poweroff", self.name)
-        self._do_poweroff(timeout)
+        with self._checked("poweroff", timeout):
+            log.info("%s: poweroff", self.name)
+            self._do_poweroff(timeout)
 
     def restart(self, hard: bool = False, timeout: float = 60) -> bool:
         """Reboot the guest gracefully, or reset it at once with ``hard=True``.
@@ -228,32 +312,32 @@ class Machine(ABC):
         A graceful reboot that the guest has not completed by ``timeout`` becomes a hard reset.
         Returns True if the reboot was graceful.
         """
-        self._require("restart")
-        log.info("%s: restart (%s)", self.name, "hard" if hard else "graceful")
-        if not hard:
-            if not self.capabilities.graceful_restart:
-                raise Unsupported(self.hypervisor.name, "restart(hard=False)")
-            if self._do_reboot(timeout):
-                return True
-            log.warning("%s: guest did not reboot within %g s; resetting", self.name, timeout)
-        self._do_reset(30)
-        return False
+        with self._checked("restart", timeout):
+            log.info("%s: restart (%s)", self.name, "hard" if hard else "graceful")
+            if not hard:
+                if not self.capabilities.graceful_restart:
+                    raise Unsupported(self.hypervisor.name, "restart(hard=False)")
+                if self._do_reboot(timeout):
+                    return True
+                log.warning("%s: guest did not reboot within %g s; resetting", self.name, timeout)
+            self._do_reset(30)
+            return False
 
     def snapshot(self, name: str, description: str = "", timeout: float = 300) -> Snapshot:
         """Take a snapshot. Of a running or paused machine it includes memory."""
         validate_snapshot_name(name)
-        state = self._require("snapshot", self.capabilities.snapshots)
-        if state is not State.STOPPED and not self.capabilities.live_snapshots:
-            raise Unsupported(self.hypervisor.name, "snapshot of a running machine")
-        if any(s.name == name for s in self._do_snapshots()):
-            raise InvalidSpec("snapshot name", f"machine {self.name!r} already has a snapshot {name!r}")
-        log.info("%s: snapshot %s", self.name, name)
-        return self._do_snapshot(name, description, timeout)
+        with self._checked("snapshot", timeout, self.capabilities.snapshots, self._why("snapshots")) as state:
+            if state is not State.STOPPED and not self.capabilities.live_snapshots:
+                raise Unsupported(self.hypervisor.name, "snapshot of a running machine")
+            if any(s.name == name for s in self._do_snapshots()):
+                raise InvalidSpec("snapshot name", f"machine {self.name!r} already has a snapshot {name!r}")
+            log.info("%s: snapshot %s", self.name, name)
+            return self._do_snapshot(name, description, timeout)
 
     def snapshots(self) -> list[Snapshot]:
         """The machine's snapshots, oldest first (:func:`vmctl.display.table` shows them as one)."""
         if not self.capabilities.snapshots:
-            raise Unsupported(self.hypervisor.name, "snapshots")
+            raise Unsupported(self.hypervisor.name, "snapshots", self._why("snapshots"))
         return list(self._do_snapshots())
 
     def _find_snapshot(self, name: str) -> Snapshot:
@@ -267,17 +351,19 @@ class Machine(ABC):
 
     def revert(self, name: str, timeout: float = 300) -> None:
         """Return to a snapshot. Ends RUNNING if the snapshot has memory, else STOPPED."""
-        self._require("revert", self.capabilities.snapshots)
-        snap = self._find_snapshot(name)
-        log.info("%s: revert to %s", self.name, name)
-        self._do_revert(snap, timeout)
+        validate_snapshot_name(name)
+        with self._checked("revert", timeout, self.capabilities.snapshots, self._why("snapshots")):
+            snap = self._find_snapshot(name)
+            log.info("%s: revert to %s", self.name, name)
+            self._do_revert(snap, timeout)
 
     def delete_snapshot(self, name: str, timeout: float = 300) -> None:
         """Delete a snapshot; the machine's current state is untouched."""
-        self._require("delete_snapshot", self.capabilities.snapshots)
-        self._find_snapshot(name)
-        log.info("%s: delete snapshot %s", self.name, name)
-        self._do_delete_snapshot(name, timeout)
+        validate_snapshot_name(name)
+        with self._checked("delete_snapshot", timeout, self.capabilities.snapshots, self._why("snapshots")):
+            self._find_snapshot(name)
+            log.info("%s: delete snapshot %s", self.name, name)
+            self._do_delete_snapshot(name, timeout)
 
     def usage(self) -> Usage:
         """Resource usage now; fields the backend cannot measure are None."""
@@ -285,18 +371,18 @@ class Machine(ABC):
 
     def set_network(self, enabled: bool) -> None:
         """Set the guest's network link up or down (a cable pulled, the NIC still there)."""
-        self._require("set_network", self.capabilities.network_toggle)
-        if self.spec.network is None:
-            raise InvalidSpec("network", f"machine {self.name!r} was created without a network")
-        log.info("%s: network %s", self.name, "up" if enabled else "down")
-        self._do_set_network(bool(enabled))
+        with self._checked("set_network", 30, self.capabilities.network_toggle):
+            if self.spec.network is None:
+                raise InvalidSpec("network", f"machine {self.name!r} was created without a network")
+            log.info("%s: network %s", self.name, "up" if enabled else "down")
+            self._do_set_network(bool(enabled))
 
     def set_cpu_limit(self, percent: int) -> None:
         """Cap the machine's CPU use at ``percent`` of one host CPU per virtual CPU (1-100)."""
         if not isinstance(percent, int) or isinstance(percent, bool) or not 1 <= percent <= 100:
             raise InvalidSpec("cpu limit", f"{percent!r} is not a percentage from 1 to 100")
-        self._require("set_cpu_limit", self.capabilities.cpu_limit)
-        self._do_set_cpu_limit(percent)
+        with self._checked("set_cpu_limit", 30, self.capabilities.cpu_limit):
+            self._do_set_cpu_limit(percent)
 
     def wait_for(self, states: State | Iterable[State], timeout: float = 60) -> State:
         """Wait until the machine is in one of ``states``; return that state.
@@ -335,15 +421,19 @@ class Machine(ABC):
         The base image is never touched.
         """
         log.info("%s: destroy", self.name)
-        if self._get_state() in (State.RUNNING, State.PAUSED):
-            self._do_poweroff(timeout)
-        self._do_destroy(timeout)
+        with self._exclusive("destroy", timeout):
+            if self._get_state() in (State.RUNNING, State.PAUSED):
+                self._do_poweroff(timeout)
+            self._do_destroy(timeout)
 
 
 class Hypervisor(ABC):
     """A connection to one backend. Use as a context manager, or call :meth:`close`."""
 
     name: ClassVar[str] = "?"
+    #: why a spec feature the capabilities lack is missing, by :data:`~vmctl.types.SPEC_FEATURES`
+    #: name (part of the :class:`Unsupported` message of :meth:`create`)
+    _feature_notes: ClassVar[Mapping[str, str]] = {}
 
     @property
     @abstractmethod
@@ -366,6 +456,10 @@ class Hypervisor(ABC):
         """
         if not isinstance(spec, MachineSpec):
             raise InvalidSpec("spec", f"{spec!r} is not a vmctl.MachineSpec")
+        refused = self.capabilities.refused_features(spec)
+        if refused:
+            why = "; ".join(f"{SPEC_FEATURES[f]}: {self._feature_notes.get(f, 'not offered')}" for f in refused)
+            raise Unsupported(self.name, "create", why)
         log.info("%s: create on %s", spec.name, self.name)
         return self._do_create(spec)
 

@@ -18,13 +18,14 @@ import enum
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from vmctl.errors import InvalidSpec
 
 __all__ = [
+    "SPEC_FEATURES",
     "USAGE_FIELDS",
     "BackendInfo",
     "Capabilities",
@@ -34,6 +35,7 @@ __all__ = [
     "Snapshot",
     "State",
     "Usage",
+    "spec_features",
     "validate_name",
     "validate_snapshot_name",
 ]
@@ -314,9 +316,43 @@ class Snapshot:
         return asdict(self)
 
 
+#: The parts of a :class:`MachineSpec` a backend may be unable to give, each a flag of
+#: :class:`Capabilities` of the same name.
+SPEC_FEATURES: Mapping[str, str] = {
+    "kernel_boot": "direct kernel boot (kernel, initrd, cmdline)",
+    "shared_dirs": "shared directories",
+    "port_forwards": "port forwards",
+    "serial_log": "a serial log file on this host",
+    "overlay": "an overlay disk over the base image (overlay=True)",
+    "direct_disk": "writing to the disk image itself (overlay=False)",
+}
+
+
+def spec_features(spec: MachineSpec) -> list[str]:
+    """The :data:`SPEC_FEATURES` that ``spec`` uses."""
+    used = []
+    if spec.kernel is not None:
+        used.append("kernel_boot")
+    if spec.shared_dirs:
+        used.append("shared_dirs")
+    if spec.network is not None and spec.network.port_forwards:
+        used.append("port_forwards")
+    if spec.serial_log is not None:
+        used.append("serial_log")
+    if spec.disk is not None:
+        used.append("overlay" if spec.overlay else "direct_disk")
+    return used
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do. A verb whose flag is False raises :class:`vmctl.Unsupported`."""
+    """What a backend can do. A verb whose flag is False raises :class:`vmctl.Unsupported`, and
+    so does :meth:`vmctl.Hypervisor.create` for a spec using a feature whose flag is False.
+
+    >>> caps = Capabilities(kernel_boot=False)
+    >>> caps.refused_features(MachineSpec.from_record({"name": "m", "kernel": "/boot/vmlinuz"}))
+    ['kernel_boot']
+    """
 
     pause: bool = True
     suspend: bool = True
@@ -329,6 +365,21 @@ class Capabilities:
     events: bool = False
     """State changes are pushed by the hypervisor (``wait_for`` does not poll)."""
     usage_fields: frozenset[str] = frozenset(USAGE_FIELDS)
+    kernel_boot: bool = True
+    shared_dirs: bool = True
+    port_forwards: bool = True
+    serial_log: bool = True
+    overlay: bool = True
+    direct_disk: bool = True
+
+    def refused_features(self, spec: MachineSpec) -> list[str]:
+        """The :data:`SPEC_FEATURES` that ``spec`` uses and these capabilities lack."""
+        return [name for name in spec_features(spec) if not getattr(self, name)]
+
+    def without(self, *flags: str) -> Capabilities:
+        """A copy with the named flags False (a machine lacking what its backend has)."""
+        changes: dict[str, Any] = dict.fromkeys(flags, False)
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
+from vmctl.backend.locking import machine_lock
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, InvalidState, MachineNotFound, SnapshotNotFound
@@ -44,6 +46,7 @@ STATS = (
 )
 #: Longest a wait sleeps without an event before it reads the state again (a safety net only).
 EVENT_WAIT_CAP = 5.0
+LOCK_DIR = ".vmctl-locks"
 
 _S = libvirt
 
@@ -99,6 +102,12 @@ class LibvirtMachine(Machine):
     def __init__(self, hypervisor: LibvirtHypervisor, name: str) -> None:
         super().__init__(hypervisor, name)
         self._seen_changes = 0
+
+    def _exclusive(self, verb: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """libvirtd holds no lock across vmctl's check and action and accepts some verbs in their
+        target state, so vmctl callers on this host also take a lock file in ``state_dir``
+        (none where it is not writable); other callers meet libvirt's refusals (see _call)."""
+        return machine_lock(self.hypervisor._state_dir / LOCK_DIR, self.name, verb, timeout, optional=True)
 
     # -- plumbing -----------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[[libvirt.virDomain], T]) -> T:

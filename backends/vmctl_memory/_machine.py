@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from vmctl.errors import MachineNotFound
+from vmctl.errors import MachineNotFound, OperationTimeout
 from vmctl.interface import Machine
 from vmctl.types import MachineSpec, Snapshot, State, Usage
 
@@ -41,6 +43,17 @@ class MemoryMachine(Machine):
         rec.state = State.STOPPED
         rec.pid = None
         rec.shutdown_at = None
+
+    @contextlib.contextmanager
+    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
+        """The namespace's lock (machines live in this process only; every verb is instant)."""
+        if not LOCK.acquire(timeout=max(timeout, 0.0)):
+            raise OperationTimeout(f"lock on machine {self.name!r}", timeout)
+        try:
+            self._rec()
+            yield
+        finally:
+            LOCK.release()
 
     @property
     def spec(self) -> MachineSpec:

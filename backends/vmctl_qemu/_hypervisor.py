@@ -135,4 +135,6 @@ class QemuHypervisor(Hypervisor):
         from ._machine import QemuMachine
 
         self.store.read(name)
-        return QemuMachine(self, name)
+        machine = QemuMachine(self, name)
+        machine._recover_if_idle()  # what a killed process left (a verb settles it too)
+        return machine

@@ -14,7 +14,6 @@ from vmctl.errors import (
     MachineExists,
     MachineNotFound,
     OperationTimeout,
-    Unsupported,
 )
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec, validate_name
@@ -37,18 +36,17 @@ class VirtualBoxHypervisor(Hypervisor):
         self.base_folder = Path(base_folder).expanduser().absolute()
         self.settle_timeout = settle_timeout
 
+    _feature_notes = {"kernel_boot": "VirtualBox cannot boot a kernel directly; give a bootable disk image"}
+
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(
             cpu_limit=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
+            kernel_boot=False,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
-        if spec.kernel is not None:
-            raise Unsupported(
-                "virtualbox", "create", "VirtualBox cannot boot a kernel directly; give a bootable disk image"
-            )
         if spec.disk is None:
             raise InvalidSpec("disk", "VirtualBox machines need a disk image")
         t = self.transport

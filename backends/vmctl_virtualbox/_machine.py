@@ -25,6 +25,7 @@ crash was acknowledged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from vmctl.backend.locking import machine_lock
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import usage_of_process
 from vmctl.errors import (
@@ -58,6 +60,8 @@ log = logging.getLogger("vmctl.virtualbox")
 SPEC_KEY = "vmctl/spec"
 SNAPSHOT_KEY = "vmctl/snapshot/"
 ABORT_ACK_KEY = "vmctl/aborted-ack"
+#: beside the machines' folders in ``base_folder``: one lock file per machine
+LOCK_DIR = ".vmctl-locks"
 OSTYPE = "Linux_64"
 
 STATE_MAP: dict[str, State] = {
@@ -127,6 +131,11 @@ class VirtualBoxMachine(Machine):
     @property
     def transport(self) -> Transport:
         return self.hypervisor.transport
+
+    def _exclusive(self, verb: str, timeout: float) -> contextlib.AbstractContextManager[None]:
+        """A lock file beside the machines' folders: VirtualBox's own session lock is held only
+        while one VBoxManage command runs, so it cannot cover vmctl's check and action."""
+        return machine_lock(self.hypervisor.base_folder / LOCK_DIR, self.name, verb, timeout)
 
     # -- reading ------------------------------------------------------------------------------
     @property

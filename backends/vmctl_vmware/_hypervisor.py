@@ -31,6 +31,7 @@ BASE_SNAPSHOT = "vmctl-base"
 BASES_DIR = ".bases"
 CLONE_TIMEOUT = 600.0
 USAGE_FIELDS = frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"})
+_CAPABILITIES = Capabilities(usage_fields=USAGE_FIELDS, kernel_boot=False, port_forwards=False)
 
 
 class VmwareHypervisor(Hypervisor):
@@ -42,6 +43,11 @@ class VmwareHypervisor(Hypervisor):
     """
 
     name = "vmware"
+    _feature_notes = {
+        "kernel_boot": "VMware boots the VM's disk; give a .vmdk or a base .vmx",
+        "port_forwards": "vmrun's setPortForwarding edits the host-wide NAT network, not one VM",
+        "overlay": "Player's vmrun has no clone verb; use overlay=False",
+    }
 
     def __init__(
         self,
@@ -68,8 +74,8 @@ class VmwareHypervisor(Hypervisor):
     def capabilities(self) -> Capabilities:
         if self.product == "player":
             # VIX documents snapshots, pause/unpause and clone as unsupported on Player.
-            return Capabilities(pause=False, snapshots=False, live_snapshots=False, usage_fields=USAGE_FIELDS)
-        return Capabilities(usage_fields=USAGE_FIELDS)
+            return _CAPABILITIES.without("pause", "snapshots", "live_snapshots", "overlay")
+        return _CAPABILITIES
 
     def close(self) -> None:
         self.vmrun.close()
@@ -84,8 +90,6 @@ class VmwareHypervisor(Hypervisor):
         return VmwareMachine(self, name)
 
     def _check_spec(self, spec: MachineSpec) -> None:
-        if spec.kernel is not None:
-            raise Unsupported("vmware", "direct kernel boot", "VMware boots the VM's disk; give a .vmdk or a base .vmx")
         if spec.disk is None:
             raise InvalidSpec("disk", "the vmware backend needs a .vmdk disk or a base VM's .vmx")
         suffix = spec.disk.suffix.lower()
@@ -93,14 +97,6 @@ class VmwareHypervisor(Hypervisor):
             raise InvalidSpec("disk", f"{spec.disk} is not a .vmdk or .vmx (convert with: qemu-img convert -O vmdk)")
         if suffix == ".vmx" and not spec.overlay:
             raise InvalidSpec("overlay", "a base .vmx is used through linked clones only (overlay=True)")
-        if spec.network is not None and spec.network.port_forwards:
-            raise Unsupported(
-                "vmware", "port forwarding", "vmrun's setPortForwarding edits the host-wide NAT network, not one VM"
-            )
-        if spec.overlay and self.product == "player":
-            raise Unsupported(
-                "vmware", "overlay disks on VMware Player", "Player's vmrun has no clone verb; use overlay=False"
-            )
         if suffix == ".vmx" and VmxFile.load(spec.disk).is_encrypted():
             raise Unsupported("vmware", "encrypted VMs", "vmrun takes their password only on its command line (-vp)")
 

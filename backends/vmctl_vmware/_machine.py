@@ -100,7 +100,8 @@ class VmwareMachine(Machine):
         return self.hypervisor.store.update(self.name, **changes)
 
     @contextlib.contextmanager
-    def _locked(self, timeout: float) -> Iterator[None]:
+    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
+        """vmctl's store lock of the machine: vmrun itself serialises nothing across processes."""
         with self.hypervisor.store.locked(self.name, timeout=max(timeout, 30.0)):
             yield
 
@@ -192,26 +193,22 @@ class VmwareMachine(Machine):
 
     # -- power ----------------------------------------------------------------------------
     def _do_start(self, timeout: float) -> None:
-        with self._locked(timeout):
-            self._vmrun("start", "start", "nogui", timeout=timeout)
-            self._update(paused=False)
+        self._vmrun("start", "start", "nogui", timeout=timeout)
+        self._update(paused=False)
 
     def _do_pause(self, timeout: float) -> None:
-        with self._locked(timeout):
-            self._vmrun("pause", "pause", timeout=timeout)
-            self._update(paused=True)
+        self._vmrun("pause", "pause", timeout=timeout)
+        self._update(paused=True)
 
     def _do_resume(self, timeout: float) -> None:
-        with self._locked(timeout):
-            self._vmrun("unpause", "resume", timeout=timeout)
-            self._update(paused=False)
+        self._vmrun("unpause", "resume", timeout=timeout)
+        self._update(paused=False)
 
     def _do_suspend(self, timeout: float) -> None:
-        with self._locked(timeout):
-            if self._record().get("paused"):
-                self._vmrun("unpause", "suspend", timeout=timeout)
-                self._update(paused=False)
-            self._vmrun("suspend", "suspend", "hard", timeout=timeout)
+        if self._record().get("paused"):
+            self._vmrun("unpause", "suspend", timeout=timeout)
+            self._update(paused=False)
+        self._vmrun("suspend", "suspend", "hard", timeout=timeout)
 
     def _do_request_shutdown(self) -> None:
         # `stop soft` asks the guest through VMware Tools and blocks until the VM is off; the
@@ -219,21 +216,20 @@ class VmwareMachine(Machine):
         self.hypervisor.vmrun.spawn("stop", self.vmx, "soft", timeout=SOFT_STOP_TIMEOUT)
 
     def _do_poweroff(self, timeout: float) -> None:
-        with self._locked(timeout):
-            state = self._get_state()
-            if state in (State.RUNNING, State.PAUSED):
-                try:
-                    self.hypervisor.vmrun("stop", self.vmx, "hard", timeout=timeout)
-                except VmrunError as exc:
-                    if exc.kind != E.NOT_RUNNING:  # it went off by itself meanwhile
-                        self._raise_mapped(exc, "poweroff")
-            elif state is State.SUSPENDED:
-                self._discard_saved_state()
-            elif state is State.CRASHED:
-                config = self._config()
-                config.set("cleanShutdown", "TRUE")
-                config.save(self.vmx)
-            self._update(paused=False)
+        state = self._get_state()
+        if state in (State.RUNNING, State.PAUSED):
+            try:
+                self.hypervisor.vmrun("stop", self.vmx, "hard", timeout=timeout)
+            except VmrunError as exc:
+                if exc.kind != E.NOT_RUNNING:  # it went off by itself meanwhile
+                    self._raise_mapped(exc, "poweroff")
+        elif state is State.SUSPENDED:
+            self._discard_saved_state()
+        elif state is State.CRASHED:
+            config = self._config()
+            config.set("cleanShutdown", "TRUE")
+            config.save(self.vmx)
+        self._update(paused=False)
 
     def _discard_saved_state(self) -> None:
         """vmrun cannot power off a suspended VM: delete its .vmss and the key naming it."""
@@ -246,40 +242,37 @@ class VmwareMachine(Machine):
             saved.unlink(missing_ok=True)
 
     def _do_reset(self, timeout: float) -> None:
-        with self._locked(timeout):
-            self._vmrun("reset", "restart", "hard", timeout=timeout)
-            self._update(paused=False)
+        self._vmrun("reset", "restart", "hard", timeout=timeout)
+        self._update(paused=False)
 
     def _do_reboot(self, timeout: float) -> bool:
-        with self._locked(timeout):
-            try:
-                self.hypervisor.vmrun("reset", self.vmx, "soft", timeout=timeout)
-            except OperationTimeout:
+        try:
+            self.hypervisor.vmrun("reset", self.vmx, "soft", timeout=timeout)
+        except OperationTimeout:
+            return False
+        except VmrunError as exc:
+            if exc.kind == E.TOOLS_NOT_RUNNING:
+                log.warning("%s: VMware Tools are not running; cannot reboot the guest gracefully", self.name)
                 return False
-            except VmrunError as exc:
-                if exc.kind == E.TOOLS_NOT_RUNNING:
-                    log.warning("%s: VMware Tools are not running; cannot reboot the guest gracefully", self.name)
-                    return False
-                self._raise_mapped(exc, "restart")
-            return True
+            self._raise_mapped(exc, "restart")
+        return True
 
     # -- snapshots ------------------------------------------------------------------------
     def _do_snapshot(self, name: str, description: str, timeout: float) -> Snapshot:
-        with self._locked(timeout):
-            state = self._get_state()
-            record = self._record()
-            self._vmrun("snapshot", "snapshot", name, timeout=timeout)
-            snap = Snapshot(
-                name=name,
-                created=time.time(),
-                has_memory=state in (State.RUNNING, State.PAUSED),
-                description=description,
-                parent=record.get("current"),
-            )
-            snapshots = dict(record.get("snapshots", {}))
-            snapshots[name] = {k: v for k, v in snap.to_dict().items() if k != "name"}
-            self._update(snapshots=snapshots, current=name)
-            return snap
+        state = self._get_state()
+        record = self._record()
+        self._vmrun("snapshot", "snapshot", name, timeout=timeout)
+        snap = Snapshot(
+            name=name,
+            created=time.time(),
+            has_memory=state in (State.RUNNING, State.PAUSED),
+            description=description,
+            parent=record.get("current"),
+        )
+        snapshots = dict(record.get("snapshots", {}))
+        snapshots[name] = {k: v for k, v in snap.to_dict().items() if k != "name"}
+        self._update(snapshots=snapshots, current=name)
+        return snap
 
     def _do_snapshots(self) -> list[Snapshot]:
         names = parse_count_list(
@@ -310,27 +303,25 @@ class VmwareMachine(Machine):
             self._raise_mapped(exc, vmctl_verb)
 
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
-        with self._locked(timeout):
-            self._snapshot_call("revertToSnapshot", "revert", snapshot.name, timeout)
-            self._update(paused=False, current=snapshot.name)
-            state = self._get_state()
-            if snapshot.has_memory and state is State.SUSPENDED:
-                # Some VMware versions leave a live snapshot's VM suspended after the revert.
-                self._vmrun("start", "revert", "nogui", timeout=timeout)
-            elif not snapshot.has_memory and state is State.RUNNING:
-                self._vmrun("stop", "revert", "hard", timeout=timeout)
+        self._snapshot_call("revertToSnapshot", "revert", snapshot.name, timeout)
+        self._update(paused=False, current=snapshot.name)
+        state = self._get_state()
+        if snapshot.has_memory and state is State.SUSPENDED:
+            # Some VMware versions leave a live snapshot's VM suspended after the revert.
+            self._vmrun("start", "revert", "nogui", timeout=timeout)
+        elif not snapshot.has_memory and state is State.RUNNING:
+            self._vmrun("stop", "revert", "hard", timeout=timeout)
 
     def _do_delete_snapshot(self, name: str, timeout: float) -> None:
-        with self._locked(timeout):
-            self._snapshot_call("deleteSnapshot", "delete_snapshot", name, timeout)
-            record = self._record()
-            snapshots: dict[str, dict[str, Any]] = dict(record.get("snapshots", {}))
-            gone = snapshots.pop(name, {})
-            for meta in snapshots.values():
-                if meta.get("parent") == name:
-                    meta["parent"] = gone.get("parent")
-            current = record.get("current")
-            self._update(snapshots=snapshots, current=gone.get("parent") if current == name else current)
+        self._snapshot_call("deleteSnapshot", "delete_snapshot", name, timeout)
+        record = self._record()
+        snapshots: dict[str, dict[str, Any]] = dict(record.get("snapshots", {}))
+        gone = snapshots.pop(name, {})
+        for meta in snapshots.values():
+            if meta.get("parent") == name:
+                meta["parent"] = gone.get("parent")
+        current = record.get("current")
+        self._update(snapshots=snapshots, current=gone.get("parent") if current == name else current)
 
     # -- the rest -------------------------------------------------------------------------
     def _do_set_network(self, enabled: bool) -> None:
@@ -346,8 +337,7 @@ class VmwareMachine(Machine):
         # Only the machine's own directory goes: its linked-clone delta disk, saved state and
         # snapshots. `vmrun deleteVM` is not used: it deletes the disks a .vmx names, which for
         # overlay=False is the user's own disk.
-        with self._locked(timeout):
-            if self._listed():
-                raise InvalidState(self.name, "destroy", self._state_or_unknown())
-            self.hypervisor.store.remove(self.name)
+        if self._listed():
+            raise InvalidState(self.name, "destroy", self._state_or_unknown())
+        self.hypervisor.store.remove(self.name)
         self._pid_cache = None

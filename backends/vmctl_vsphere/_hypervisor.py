@@ -41,6 +41,12 @@ class VSphereHypervisor(Hypervisor):
     """vSphere through pyvmomi. Machines are the VMs in ``folder`` (recursively) of ``datacenter``."""
 
     name = "vsphere"
+    _feature_notes = {
+        "kernel_boot": "vSphere boots VMs from disks; a kernel/initrd/cmdline cannot be given",
+        "shared_dirs": "shared directories (9p) do not exist on vSphere",
+        "serial_log": "the VM runs on an ESXi host",
+        "port_forwards": "vSphere VMs sit on port groups, not behind NAT",
+    }
 
     def __init__(
         self,
@@ -87,6 +93,10 @@ class VSphereHypervisor(Hypervisor):
             cpu_limit=True,
             events=False,
             usage_fields=frozenset(USAGE_FIELDS),
+            kernel_boot=False,
+            shared_dirs=False,
+            port_forwards=False,
+            serial_log=False,
         )
 
     # -- inventory -----------------------------------------------------------------------------
@@ -404,20 +414,7 @@ class VSphereHypervisor(Hypervisor):
         return descriptor
 
     # -- create ------------------------------------------------------------------------------
-    def _refuse_unsupported(self, spec: MachineSpec) -> None:
-        if spec.kernel is not None:
-            raise Unsupported(
-                BACKEND, "create", "vSphere boots VMs from disks; a kernel/initrd/cmdline cannot be given"
-            )
-        if spec.shared_dirs:
-            raise Unsupported(BACKEND, "create", "shared directories (9p) do not exist on vSphere")
-        if spec.serial_log is not None:
-            raise Unsupported(BACKEND, "create", "a serial log on the local host (the VM runs on an ESXi host)")
-        if spec.network is not None and spec.network.port_forwards:
-            raise Unsupported(BACKEND, "create", "port forwards (vSphere VMs sit on port groups, not behind NAT)")
-
     def _do_create(self, spec: MachineSpec) -> VSphereMachine:
-        self._refuse_unsupported(spec)
         assert spec.disk is not None  # a spec without kernel has a disk
         image = inspect_disk(spec.disk)
         if any(p.get("name") == spec.name for _, p in self._vms()):

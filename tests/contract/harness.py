@@ -104,6 +104,9 @@ class Harness(ABC):
     #: verbs the backend supports but the peer under test (a simulator) does not implement:
     #: the contract expects them to raise Unsupported there
     peer_lacks: frozenset[str] = frozenset()
+    #: rounds of the two-caller race (each one verb sent by both callers at once); enough to
+    #: provoke a race, few enough to keep the suite fast on a slow peer
+    race_rounds: int = 40
 
     @abstractmethod
     def connect(self) -> vmctl.Hypervisor: ...

@@ -36,6 +36,7 @@ class MemoryHarness(Harness):
     boot_timeout = 5
     multi_process = False
     real_guest = False
+    race_rounds = 100
 
     def setup(self, tmp: Path) -> None:
         self.disk = tmp / "base.img"

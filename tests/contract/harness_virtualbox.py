@@ -68,6 +68,7 @@ class VirtualBoxSimHarness(Harness):
     boot_timeout = 15
     multi_process = True
     real_guest = False
+    race_rounds = 20
 
     def setup(self, tmp: Path) -> None:
         self.sim = load_simulator()
@@ -122,6 +123,9 @@ class VirtualBoxSimHarness(Harness):
         folder = self.base_folder / name
         if folder.exists():
             found += [str(p) for p in sorted(folder.rglob("*"))] or [str(folder)]
+        lock = self.base_folder / ".vmctl-locks" / f"{name}.lock"
+        if lock.exists():
+            found.append(str(lock))
         for pid in self.sim.vm_processes(self.home):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

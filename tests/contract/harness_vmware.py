@@ -102,6 +102,7 @@ class VmwareSimHarness(Harness):
     boot_timeout = 15
     multi_process = True
     real_guest = False
+    race_rounds = 20
 
     def setup(self, tmp: Path) -> None:
         self.sim = load_simulator()

@@ -4,6 +4,7 @@ and what the guest itself sees. Parametrised over the harnesses in ``harness_*.p
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ import vmctl
 from vmctl import State
 
 from .harness import Harness, wait_until
+from .race import ProcessCaller, ThreadCaller, race
 
 MakeVm = Callable[..., vmctl.Machine]
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +78,38 @@ def test_unknown_and_unsafe_names_are_refused(hv: vmctl.Hypervisor, make_vm: Mak
     for bad in ["../s", "s 1", "$(x)"]:
         with pytest.raises(vmctl.InvalidSpec):
             vm.snapshot(bad)
+
+
+def test_spec_features_the_backend_lacks_are_refused_at_create(
+    harness: Harness, hv: vmctl.Hypervisor, tmp_path: Path
+) -> None:
+    """Capabilities say which spec features a backend takes; create refuses the others with one
+    Unsupported message naming the feature, and makes nothing."""
+    caps = hv.capabilities
+    base = harness.spec(f"sf{time.monotonic_ns() % 100000}")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"k")
+    uses = {
+        "kernel_boot": {"kernel": kernel},
+        "shared_dirs": {"shared_dirs": {"job": tmp_path}},
+        "port_forwards": {"network": vmctl.Network([vmctl.PortForward(2222, 22)])},
+        "serial_log": {"serial_log": tmp_path / "console.log"},
+        "overlay": {"overlay": True},
+        "direct_disk": {"overlay": False},
+    }
+    before = {vm.name for vm in hv.machines()}
+    for feature, change in uses.items():
+        assert isinstance(getattr(caps, feature), bool)
+        if getattr(caps, feature) or (feature in ("overlay", "direct_disk") and base.disk is None):
+            continue
+        values = {**base.to_dict(), **change}
+        spec = vmctl.MachineSpec(**{k: v for k, v in values.items() if k != "network"}, network=values.get("network"))
+        assert feature in vmctl.types.spec_features(spec)
+        with pytest.raises(
+            vmctl.Unsupported, match=re.escape(f"does not support create: {vmctl.types.SPEC_FEATURES[feature]}")
+        ):
+            hv.create(spec)
+    assert {vm.name for vm in hv.machines()} == before
 
 
 def test_invalid_transitions_from_stopped(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
@@ -425,3 +459,47 @@ def test_concurrent_creates_of_one_name_make_one_machine(harness: Harness, hv: v
         assert hv.machine(name).state is State.STOPPED
     finally:
         hv.machine(name).destroy()
+
+
+def test_two_callers_racing_on_one_machine_get_one_success(
+    harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm
+) -> None:
+    """Two processes (or, where machines live in one process, two threads) send the same verb
+    to one machine at the same moment, round after round: one succeeds, the other is refused
+    with InvalidState naming the state the winner left, and nothing else is ever answered."""
+    vm = make_vm()
+    if hv.capabilities.pause:
+        cycle = [
+            ("start", State.RUNNING),
+            ("pause", State.PAUSED),
+            ("resume", State.RUNNING),
+            ("poweroff", State.STOPPED),
+        ]
+    else:
+        cycle = [("start", State.RUNNING), ("poweroff", State.STOPPED)]
+    callers: list[ProcessCaller] | list[ThreadCaller]
+    if harness.multi_process:
+        callers = [ProcessCaller(harness, vm.name, ROOT) for _ in range(2)]
+    else:
+        callers = [ThreadCaller(hv, vm.name) for _ in range(2)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave inside verbs of microseconds, as processes would
+    overlapped = 0
+    try:
+        for round_ in range(harness.race_rounds):
+            verb, target = cycle[round_ % len(cycle)]
+            answers = race(callers, verb)
+            texts = sorted(a[0] for a in answers)
+            assert texts == ["InvalidState:" + target.value, "ok"], f"round {round_} ({verb}): {texts}"
+            assert vm.state is target, f"round {round_} ({verb})"
+            (_, began_a, ended_a), (_, began_b, ended_b) = answers
+            overlapped += began_a < ended_b and began_b < ended_a
+    finally:
+        sys.setswitchinterval(switch_interval)
+        for caller in callers:
+            caller.close()
+        if vm.state in (State.RUNNING, State.PAUSED):
+            vm.poweroff()
+    # proof that the race was run: the two calls were in flight together in many rounds
+    print(f"race on {harness.id}: {harness.race_rounds} rounds, {overlapped} overlapped, one winner in each")
+    assert overlapped >= harness.race_rounds // 5, f"the calls overlapped in only {overlapped} rounds"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vmctl.backend.aio import LoopThreadError, run_sync
-    from vmctl.backend.locking import flock_exclusive, flocked, lock_held
+    from vmctl.backend.locking import file_lock, flock_exclusive, flocked, lock_held, machine_lock
     from vmctl.backend.ports import free_port
     from vmctl.backend.records import inside, spec_from_record
     from vmctl.backend.store import MachineStore, atomic_write, default_state_dir
@@ -39,11 +39,13 @@ _WHERE = {
     "atomic_write": "store",
     "c_locale_env": "tools",
     "default_state_dir": "store",
+    "file_lock": "locking",
     "flock_exclusive": "locking",
     "flocked": "locking",
     "free_port": "ports",
     "inside": "records",
     "lock_held": "locking",
+    "machine_lock": "locking",
     "pid_alive": "usage",
     "process_tree_usage": "usage",
     "run_sync": "aio",
@@ -67,11 +69,13 @@ __all__ = [
     "atomic_write",
     "c_locale_env",
     "default_state_dir",
+    "file_lock",
     "flock_exclusive",
     "flocked",
     "free_port",
     "inside",
     "lock_held",
+    "machine_lock",
     "pid_alive",
     "process_tree_usage",
     "run_sync",

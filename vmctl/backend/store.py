@@ -23,7 +23,7 @@ from typing import Any
 from vmctl.errors import BackendUnavailable, MachineExists, MachineNotFound, VmctlError
 from vmctl.types import validate_name
 
-from .locking import flock_exclusive
+from .locking import file_lock, flock_exclusive
 
 __all__ = ["LOCK", "RECORD", "MachineStore", "atomic_write", "default_state_dir", "flock_exclusive"]
 
@@ -136,19 +136,17 @@ class MachineStore:
 
     @contextlib.contextmanager
     def locked(self, name: str, timeout: float = 600) -> Iterator[Path]:
-        """Hold the machine's lock (exclusive across processes) while the block runs."""
+        """Hold the machine's lock (exclusive across processes and threads, re-entrant in the
+        thread that holds it) while the block runs."""
         directory = self.path(name)
-        try:
-            fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:
-            raise MachineNotFound(name, self.backend) from None
-        try:
-            flock_exclusive(fd, f"lock on machine {name!r}", timeout)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(file_lock(directory / LOCK, f"lock on machine {name!r}", timeout))
+            except FileNotFoundError:
+                raise MachineNotFound(name, self.backend) from None
             if not (directory / RECORD).is_file():
                 raise MachineNotFound(name, self.backend)
             yield directory
-        finally:
-            os.close(fd)
 
     def remove(self, name: str) -> None:
         """Delete the machine's directory: move it aside atomically, then delete it."""

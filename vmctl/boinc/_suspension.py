@@ -108,12 +108,12 @@ class Suspension:
         task, policy = self._task, self._policy
         cpu = policy.cpu_now()
         started = time.monotonic()
-        try:
-            policy.machine.suspend(timeout=BOOT_TIMEOUT)
-        except vmctl.Unsupported as exc:
-            log.warning("the backend can neither pause nor save the VM: it runs on while suspended (%s)", exc)
+        if not policy.machine.capabilities.suspend:
+            log.warning("the backend can neither pause nor save the VM: it runs on while suspended")
             self._park_at = math.inf
             return
+        try:
+            policy.machine.suspend(timeout=BOOT_TIMEOUT)
         except vmctl.VmctlError as exc:
             log.warning("cannot save the suspended task's VM to disk (will retry): %s", exc)
             self._park_at = task.clock() + CHECKPOINT_RETRY

@@ -140,7 +140,7 @@ class VmPolicy:
         """Revert to the last checkpoint, or boot afresh; return the CPU time base."""
         vm = self.machine
         ckpt = self._task.state.checkpoint
-        if ckpt is not None and any(s.name == ckpt.snapshot for s in vm.snapshots()):
+        if ckpt is not None and vm.capabilities.snapshots and any(s.name == ckpt.snapshot for s in vm.snapshots()):
             log.info("reverting to checkpoint %d (CPU time %.1f s)", ckpt.seq, ckpt.cpu_time)
             vm.revert(ckpt.snapshot, timeout=BOOT_TIMEOUT)
             if vm.state is not vmctl.State.RUNNING:
@@ -194,6 +194,10 @@ class VmPolicy:
         if self._link == want:
             return
         vm = self.machine
+        if not vm.capabilities.network_toggle:
+            log.warning("cannot follow the client's network mode: the backend cannot set the guest's link")
+            self._link = want
+            return
         if vm.state not in (vmctl.State.RUNNING, vmctl.State.PAUSED):
             return
         try:

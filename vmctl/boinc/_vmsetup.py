@@ -187,20 +187,14 @@ def create_machine(hv: vmctl.Hypervisor, task: Task, spec: vmctl.MachineSpec) ->
         spec.disk or spec.kernel,
         "on" if spec.network else "off",
     )
+    if spec.serial_log is not None and not hv.capabilities.serial_log:
+        # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
+        spec = replace(spec, serial_log=None)
+        log.warning("no %s: the backend cannot write the guest console to a file here", CONSOLE_LOG)
     if spec.serial_log is not None:
         prepare_console_log(spec.serial_log)
     try:
-        try:
-            vm = hv.create(spec)
-        except vmctl.Unsupported as exc:
-            if spec.serial_log is None:
-                raise
-            with contextlib.suppress(OSError):
-                if spec.serial_log.stat().st_size == 0:
-                    spec.serial_log.unlink()
-            # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
-            vm = hv.create(replace(spec, serial_log=None))
-            log.warning("no %s: the backend cannot write the guest console to a file here (%s)", CONSOLE_LOG, exc)
+        vm = hv.create(spec)
     except vmctl.InvalidSpec as exc:
         raise Fatal(f"the backend refused the VM: {exc}") from exc
     except vmctl.Unsupported as exc:
