@@ -1,14 +1,18 @@
-"""Registers vmctl's own harnesses (``harness_*.py``, each with a module-level ``HARNESSES`` list)
-with the contract suite's pytest plugin (vmctl.testing.plugin).
+"""Registers vmctl's own contract harnesses (``harness_*.py``, each with a module-level
+``HARNESSES`` list) with the contract suite's pytest plugin (vmctl.testing.plugin).
 
-They live here, not in the backend packages, because they need what only the source tree has:
-the simulators under tests/simulators, vcsim, tests/services.py. ``--vmctl-backend=qemu,memory``
-(or ``VMCTL_CONTRACT=qemu,memory``) limits the run to those harnesses; a harness that is
-requested but cannot set up fails the run: it is never skipped silently.
+The harnesses live here, not in the backend packages, because they need what only the source tree
+has: the simulators under tests/simulators, vcsim, tests/services.py. They are registered by this
+conftest rather than one at the root so that they never leak into another project's run of the
+suite through an editable install of vmctl (pytest loads the conftests above the suite's
+directory). Run them with ``pytest tests/contract``; ``--vmctl-backend=qemu,memory`` (or
+``VMCTL_CONTRACT=qemu,memory``) limits a run to those. A harness that is requested but cannot set
+up fails the run: it is never skipped silently.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 
@@ -16,23 +20,22 @@ import pytest
 
 from vmctl.testing import Harness
 
-_HERE = Path(__file__).parent
+CONTRACT_TESTS = Path(__file__).parent
 
 
-def _harness_classes() -> list[type[Harness]]:
+@functools.cache
+def harness_classes() -> tuple[type[Harness], ...]:
+    """vmctl's harnesses, imported on first use (not in runs that need none)."""
     found: list[type[Harness]] = []
-    for module_file in sorted(_HERE.glob("harness_*.py")):
+    for module_file in sorted(CONTRACT_TESTS.glob("harness_*.py")):
         module = importlib.import_module(f"tests.contract.{module_file.stem}")
         found += getattr(module, "HARNESSES", [])
-    return found
-
-
-HARNESS_CLASSES = _harness_classes()
+    return tuple(found)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_vmctl_harnesses(config: pytest.Config) -> list[type[Harness]]:
-    return HARNESS_CLASSES
+    return list(harness_classes())
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -41,6 +41,7 @@ ENV = "VMCTL_CONTRACT"
 
 _WANTED = pytest.StashKey[list[str]]()
 _ASKED = pytest.StashKey[bool]()
+_NAMED = pytest.StashKey[bool]()
 _NO_HARNESS = pytest.StashKey[set[str]]()
 _CLASSES = pytest.StashKey[dict[str, type[Harness]]]()
 _INSTANCES = pytest.StashKey[dict[str, Harness]]()
@@ -97,8 +98,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vmctl_needs(*attrs): run only for harnesses whose attributes are all true")
     config.addinivalue_line("markers", "vmctl_contract: parametrise this test over the selected vmctl harnesses")
     wanted = _wanted(config)
+    named = _names_the_suite(config)
     config.stash[_WANTED] = wanted
-    config.stash[_ASKED] = bool(wanted) or _names_the_suite(config)
+    config.stash[_NAMED] = named
+    config.stash[_ASKED] = bool(wanted) or named
     config.stash[_NO_HARNESS] = set()
     config.stash[_CLASSES] = {}
     config.stash[_INSTANCES] = {}
@@ -110,8 +113,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     wanted = config.stash.get(_WANTED, [])
     if not wanted:
         return None
-    added = config.args_source is not pytest.Config.ArgsSource.ARGS
-    where = f"added from {CONTRACT_DIR}" if added else "not added (paths given: add --pyargs vmctl.testing)"
+    if config.args_source is not pytest.Config.ArgsSource.ARGS:
+        where = f"added from {CONTRACT_DIR}"
+    elif config.stash.get(_NAMED, False):
+        where = "named on the command line"
+    else:
+        where = "not collected (paths given: add --pyargs vmctl.testing.contract)"
     return f"vmctl contract: --vmctl-backend={','.join(wanted)}; suite {where}"
 
 
