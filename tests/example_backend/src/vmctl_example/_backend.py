@@ -8,12 +8,14 @@ raise ``Unsupported`` without calling this code.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from vmctl.errors import MachineExists, MachineNotFound
+from vmctl.errors import MachineExists, MachineNotFound, OperationTimeout
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec, State
 
@@ -87,6 +89,20 @@ class ExampleMachine(Machine):
         if box.guest is not None:
             box.guest.stop(now)
         box.state, box.pid = state, None
+
+    @contextlib.contextmanager
+    def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
+        """One caller at a time checks the state and runs a verb (the core's exclusive section).
+
+        Machines live in one process, so the connection's re-entrant lock is enough.
+        """
+        if not self.hypervisor._lock.acquire(timeout=max(timeout, 0.0)):
+            raise OperationTimeout(f"{self.name}: waiting for another caller's {verb}", timeout)
+        try:
+            self._box()
+            yield
+        finally:
+            self.hypervisor._lock.release()
 
     @property
     def spec(self) -> MachineSpec:
