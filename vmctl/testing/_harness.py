@@ -122,7 +122,9 @@ class Harness(ABC):
     #: the contract expects them to raise Unsupported there
     peer_lacks: frozenset[str] = frozenset()
     #: rounds of the two-caller race (each one verb sent by both callers at once); enough to
-    #: provoke a race, few enough to keep the suite fast on a slow peer
+    #: provoke a race, few enough to keep the suite fast on a slow peer. A fifth of them must
+    #: see both calls in flight together; on a busy host the test runs up to five times as many
+    #: rounds until they do
     race_rounds: int = 40
 
     @abstractmethod
