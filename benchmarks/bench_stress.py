@@ -1,0 +1,97 @@
+"""Many callers, a few machines (issue 21): verbs per second and wrong answers per backend.
+
+The long setting of the stress driver in ``tests/stress.py``: for each backend harness of the
+contract suite, ``--callers`` processes (each with its own connection), then as many threads
+sharing one connection, send seeded random verbs at ``--machines`` shared machines for
+``--seconds`` each. A wrong answer is one that is neither a success nor a typed refusal
+(``InvalidState``, ``SnapshotNotFound``, ``SnapshotExists``, ``OperationTimeout``, ``Unsupported``
+where the backend lacks the verb), or that outlived its timeout. Afterwards each machine's state
+must agree with the world, and destroying the machines must leave nothing behind.
+
+Run: ``.venv/bin/python benchmarks/bench_stress.py [--seconds 600] [--backends qemu,memory]
+[--callers 4] [--machines 3] [--seed 21] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.stress import (
+    lacking_verbs,
+    run_processes,
+    run_threads,
+    summary,
+    world_disagreements,
+    wrong_answers,
+)
+from tests.test_stress import BACKENDS, _harness_class
+
+TIMEOUT = 30.0
+
+
+def bench(hid: str, seconds: float, callers: int, machines: int, seed: int) -> list[dict[str, Any]]:
+    harness = _harness_class(hid)()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-stress-{hid}-") as tmp:
+        harness.setup(Path(tmp))
+        try:
+            hv = harness.connect()
+            names = [f"bs{os.getpid() % 10000}-{i}" for i in range(machines)]
+            for name in names:
+                hv.create(harness.spec(name))
+            lacks = lacking_verbs(hv.capabilities, harness.peer_lacks)
+            modes = ["processes", "threads"] if harness.multi_process else ["threads"]
+            for mode in modes:
+                if mode == "processes":
+                    result = run_processes(harness, names, callers, seconds, seed, TIMEOUT)
+                else:
+                    result = run_threads(harness.connect(), names, callers, seconds, seed, TIMEOUT)
+                row = {"backend": hid, "mode": mode, **summary(result, wrong_answers(result, lacks, TIMEOUT))}
+                row["world"] = [p for n in names for p in world_disagreements(hv.machine(n), BACKENDS[hid][1])]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            for name in names:
+                hv.machine(name).destroy()
+            leaks = [x for name in names for x in harness.leftovers(name)]
+            rows[-1]["leaks"] = leaks
+        finally:
+            harness.teardown()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--callers", type=int, default=4)
+    parser.add_argument("--machines", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = []
+    for hid in args.backends.split(","):
+        rows += bench(hid, args.seconds, args.callers, args.machines, args.seed)
+    print("\n| backend | mode | verbs | verbs/s | wrong | hung | world | leaks |")
+    print("|---|---|---:|---:|---:|---:|---|---|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['mode']} | {r['verbs']} | {r['verbs_per_second']} | {r['wrong']} "
+            f"| {r['hung']} | {len(r['world'])} | {len(r.get('leaks', []))} |"
+        )
+    for r in rows:
+        for ex in r["examples"]:
+            print(f"{r['backend']}/{r['mode']}: {ex['verb']} -> {ex['outcome']}: {ex['message'][:160]}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
