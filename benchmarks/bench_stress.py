@@ -50,12 +50,14 @@ def bench(hid: str, seconds: float, callers: int, machines: int, seed: int) -> l
             lacks = lacking_verbs(hv.capabilities, harness.peer_lacks)
             modes = ["processes", "threads"] if harness.multi_process else ["threads"]
             for mode in modes:
+                backend = BACKENDS[hid]
                 if mode == "processes":
-                    result = run_processes(harness, names, callers, seconds, seed, TIMEOUT)
+                    result = run_processes(harness, names, callers, seconds, seed, TIMEOUT, backend.verbs())
                 else:
-                    result = run_threads(harness.connect(), names, callers, seconds, seed, TIMEOUT)
-                row = {"backend": hid, "mode": mode, **summary(result, wrong_answers(result, lacks, TIMEOUT))}
-                row["world"] = [p for n in names for p in world_disagreements(hv.machine(n), BACKENDS[hid][1])]
+                    result = run_threads(harness.connect(), names, callers, seconds, seed, TIMEOUT, backend.verbs())
+                wrong = wrong_answers(result, lacks, TIMEOUT, backend.expected)
+                row = {"backend": hid, "mode": mode, **summary(result, wrong)}
+                row["world"] = [p for n in names for p in world_disagreements(hv.machine(n), backend.has_process)]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             for name in names:
@@ -87,8 +89,10 @@ def main() -> None:
             f"| {r['hung']} | {len(r['world'])} | {len(r.get('leaks', []))} |"
         )
     for r in rows:
-        for ex in r["examples"]:
-            print(f"{r['backend']}/{r['mode']}: {ex['verb']} -> {ex['outcome']}: {ex['message'][:160]}")
+        for k in r["wrong_kinds"]:
+            print(f"{r['backend']}/{r['mode']}: {k['count']} x {k['verb']} -> {k['outcome']}: {k['message']}")
+        for problem in r["world"] + r.get("leaks", []):
+            print(f"{r['backend']}/{r['mode']}: {problem}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

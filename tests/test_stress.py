@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 import vmctl
 
 from .contract.harness import Harness
-from .stress import Result, lacking_verbs, run_processes, run_threads, world_disagreements, wrong_answers
+from .stress import VERBS, Result, lacking_verbs, run_processes, run_threads, world_disagreements, wrong_answers
 
 SECONDS = float(os.environ.get("VMCTL_STRESS_SECONDS", "5"))
 SEED = int(os.environ.get("VMCTL_STRESS_SEED", "21"))
@@ -26,19 +27,41 @@ CALLERS = 3
 MACHINES = 2
 TIMEOUT = 30.0
 
-#: harness id -> (module, the backend shows a host process per running machine)
+
+@dataclass(frozen=True)
+class Backend:
+    module: str
+    #: the backend shows a host process per running or paused machine
+    has_process: bool
+    #: refusals the peer gives rightly, by verb
+    expected: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    #: verbs left out of the mix, and why
+    left_out: Mapping[str, str] = field(default_factory=dict)
+
+    def verbs(self) -> list[str]:
+        return [v for v in VERBS if v not in self.left_out]
+
+
 BACKENDS = {
-    "memory": ("harness_memory", False),
-    "qemu": ("harness_qemu", True),
-    "libvirt-qemu": ("harness_libvirt", True),
-    "virtualbox-sim": ("harness_virtualbox", True),
-    "vmware-sim": ("harness_vmware", True),
-    "vsphere-vcsim": ("harness_vsphere", False),
+    "memory": Backend("harness_memory", False),
+    "qemu": Backend("harness_qemu", True),
+    "libvirt-qemu": Backend("harness_libvirt", True),
+    "virtualbox-sim": Backend("harness_virtualbox", True),
+    "vmware-sim": Backend("harness_vmware", True),
+    "vsphere-vcsim": Backend(
+        "harness_vsphere",
+        False,
+        expected={"stop": frozenset({"ToolsUnavailable"})},  # vcsim's guests have no VMware Tools
+        left_out={
+            "delete_snapshot": "vcsim 0.24.2 crashes removing a current snapshot without parent "
+            "(tests/test_vsphere_vcsim_bugs.py), and every later verb fails on the lost server"
+        },
+    ),
 }
 
 
 def _harness_class(hid: str) -> type[Harness]:
-    module = importlib.import_module(f"tests.contract.{BACKENDS[hid][0]}")
+    module = importlib.import_module(f"tests.contract.{BACKENDS[hid].module}")
     return next(cls for cls in module.HARNESSES if cls.id == hid)
 
 
@@ -82,15 +105,15 @@ def _check(harness: Harness, names: list[str], result: Result) -> None:
     hv = harness.connect()
     lacks = lacking_verbs(hv.capabilities, harness.peer_lacks)
     assert not result.hung, result.hung
-    wrong = wrong_answers(result, lacks, TIMEOUT)
+    backend = BACKENDS[harness.id]
+    wrong = wrong_answers(result, lacks, TIMEOUT, backend.expected)
     assert not wrong, f"{len(wrong)} wrong of {len(result.answers)} answers (seed {SEED}): " + "\n".join(
         f"{a.verb} on {a.machine} -> {a.outcome}: {a.message} ({a.seconds:.1f} s)" for a in wrong[:15]
     )
     outcomes = result.count()
     # the run did what it is for: verbs succeeded, and callers got in each other's way
     assert outcomes["ok"] > 0 and outcomes["InvalidState"] > 0, outcomes
-    has_process = BACKENDS[harness.id][1]
-    problems = [p for name in names for p in world_disagreements(hv.machine(name), has_process)]
+    problems = [p for name in names for p in world_disagreements(hv.machine(name), backend.has_process)]
     assert not problems, problems
 
 
@@ -98,8 +121,9 @@ def _check(harness: Harness, names: list[str], result: Result) -> None:
 def test_random_verbs_get_typed_answers(harness: Harness, mode: str, machines: list[str]) -> None:
     """Processes each with its own connection, or threads sharing one connection and one handle
     per machine."""
+    verbs = BACKENDS[harness.id].verbs()
     if mode == "processes":
-        result = run_processes(harness, machines, CALLERS, SECONDS, SEED, TIMEOUT)
+        result = run_processes(harness, machines, CALLERS, SECONDS, SEED, TIMEOUT, verbs)
     else:
-        result = run_threads(harness.connect(), machines, CALLERS, SECONDS, SEED, TIMEOUT)
+        result = run_threads(harness.connect(), machines, CALLERS, SECONDS, SEED, TIMEOUT, verbs)
     _check(harness, machines, result)
