@@ -21,7 +21,7 @@ import vmctl
 from .contract.harness import Harness
 from .stress import VERBS, Result, lacking_verbs, run_processes, run_threads, world_disagreements, wrong_answers
 
-SECONDS = float(os.environ.get("VMCTL_STRESS_SECONDS", "5"))
+SECONDS = float(os.environ.get("VMCTL_STRESS_SECONDS", "3"))
 SEED = int(os.environ.get("VMCTL_STRESS_SEED", "21"))
 CALLERS = 3
 MACHINES = 2
@@ -85,8 +85,9 @@ def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         h.teardown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def machines(harness: Harness) -> Iterator[list[str]]:
+    """Shared by both modes of a backend; destroyed at its end, leaving nothing behind."""
     hv = harness.connect()
     names = [f"st{os.getpid() % 10000}-{i}" for i in range(MACHINES)]
     for name in names:
