@@ -8,8 +8,8 @@ sharing one connection, send seeded random verbs at ``--machines`` shared machin
 where the backend lacks the verb), or that outlived its timeout. Afterwards each machine's state
 must agree with the world, and destroying the machines must leave nothing behind.
 
-Run: ``.venv/bin/python benchmarks/bench_stress.py [--seconds 600] [--backends qemu,memory]
-[--callers 4] [--machines 3] [--seed 21] [--json PATH]``
+Run: ``.venv/bin/python benchmarks/bench_stress.py [--quick] [--seconds 600]
+[--backends qemu,memory] [--callers 4] [--machines 3] [--seed 21] [--json PATH]``
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import Report
 
 from tests.stress import (
     lacking_verbs,
@@ -70,31 +73,38 @@ def bench(hid: str, seconds: float, callers: int, machines: int, seed: int) -> l
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=600)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10 s a mode instead of --seconds")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    parser.add_argument("--seconds", type=float, default=600, help="per mode and backend (default 600)")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--callers", type=int, default=4)
     parser.add_argument("--machines", type=int, default=3)
     parser.add_argument("--seed", type=int, default=21)
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    seconds = 10.0 if args.quick else args.seconds
+    report = Report("Many callers, a few machines (issue 21)", args)
+    table = report.table(
+        f"{args.callers} callers, {args.machines} machines, {seconds:g} s a mode, seed {args.seed}",
+        ["backend", "mode", "verbs", "verbs/s", "wrong", "hung", "world disagrees", "leaks"],
+    )
     rows = []
     for hid in args.backends.split(","):
-        rows += bench(hid, args.seconds, args.callers, args.machines, args.seed)
-    print("\n| backend | mode | verbs | verbs/s | wrong | hung | world | leaks |")
-    print("|---|---|---:|---:|---:|---:|---|---|")
+        rows += bench(hid, seconds, args.callers, args.machines, args.seed)
     for r in rows:
-        print(
-            f"| {r['backend']} | {r['mode']} | {r['verbs']} | {r['verbs_per_second']} | {r['wrong']} "
-            f"| {r['hung']} | {len(r['world'])} | {len(r.get('leaks', []))} |"
-        )
-    for r in rows:
+        table.add(
+            r["backend"], r["mode"], r["verbs"], r["verbs_per_second"], r["wrong"], r["hung"],
+            len(r["world"]), len(r.get("leaks", [])),
+        )  # fmt: skip
         for k in r["wrong_kinds"]:
-            print(f"{r['backend']}/{r['mode']}: {k['count']} x {k['verb']} -> {k['outcome']}: {k['message']}")
+            table.note(f"{r['backend']}/{r['mode']}: {k['count']} x {k['verb']} -> {k['outcome']}: {k['message']}")
         for problem in r["world"] + r.get("leaks", []):
-            print(f"{r['backend']}/{r['mode']}: {problem}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+            table.note(f"{r['backend']}/{r['mode']}: {problem}")
+    for hid in args.backends.split(","):
+        for verb, why in BACKENDS[hid].left_out.items():
+            table.note(f"{hid}: {verb} left out of the mix: {why}")
+    report.show(table)
+    report.finish()
 
 
 if __name__ == "__main__":
