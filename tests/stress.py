@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -126,7 +127,11 @@ def call(vm: vmctl.Machine, verb: str, rng: random.Random, timeout: float) -> tu
     except BaseException as exc:  # the point: classify whatever comes out
         if isinstance(exc, KeyboardInterrupt):
             raise
-        return type(exc).__name__, str(exc)[:300]
+        where = ""
+        if not isinstance(exc, vmctl.VmctlError):  # a foreign exception: say where it came from
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            where = f" (at {Path(frame.filename).name}:{frame.lineno})"
+        return type(exc).__name__, str(exc)[:300] + where
     return "ok", ""
 
 
