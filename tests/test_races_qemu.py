@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,35 @@ def test_qemu_killed_under_suspend_is_invalid_state(vm: vmctl.Machine, moment: s
     assert not (vm.hypervisor.store.path(vm.name) / "state.bin.tmp").exists(), "a half-written state was kept"  # type: ignore[attr-defined]
     vm.start()  # and the machine is usable again
     assert vm.state is State.RUNNING
+
+
+def _at(moment: float, vm: vmctl.Machine, verb: str, snapshot: str, out: dict[str, Any]) -> None:
+    while time.monotonic() < moment:
+        pass  # a start line for both callers, not a wait for a state
+    try:
+        getattr(vm, verb)(snapshot)
+    except BaseException as exc:  # reported to the test
+        out["error"] = exc
+
+
+def test_two_callers_on_one_snapshot_name(vm: vmctl.Machine) -> None:
+    """Two handles (own connections) take, then delete, the same snapshot name at the same
+    moment: one succeeds, the other gets SnapshotExists / SnapshotNotFound (the name is checked
+    and taken in one section; it was a BackendError from qemu-img or QEMU)."""
+    state_dir = vm.hypervisor.store.root  # type: ignore[attr-defined]
+    other = vmctl.connect("qemu", state_dir=state_dir, accel="tcg").machine(vm.name)
+    for i in range(6):
+        for verb, refusal in (("snapshot", vmctl.SnapshotExists), ("delete_snapshot", vmctl.SnapshotNotFound)):
+            outs: list[dict[str, Any]] = [{}, {}]
+            moment = time.monotonic() + 0.05
+            threads = [
+                threading.Thread(target=_at, args=(moment, handle, verb, f"s{i}", out))
+                for handle, out in zip((vm, other), outs, strict=True)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            errors = [out.get("error") for out in outs]
+            assert sum(e is None for e in errors) == 1, errors
+            assert any(isinstance(e, refusal) for e in errors), errors
