@@ -18,12 +18,15 @@ Run: ``.venv/bin/python benchmarks/bench_stress.py [--quick] [--seconds 30]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import vmctl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,6 +59,10 @@ def bench(hid: str, seconds: float, callers: int, machines: int, seed: int) -> l
             lacks = lacking_verbs(hv.capabilities, harness.peer_lacks)
             modes = ["processes", "threads"] if harness.multi_process else ["threads"]
             for mode in modes:
+                for name in names:  # destroyed by someone else's cleanup on a shared daemon: make it again
+                    if name not in {vm.name for vm in hv.machines()}:
+                        print(f"{hid}: {name} was gone before the {mode} mode; made again", flush=True)
+                        hv.create(harness.spec(name))
                 backend = BACKENDS[hid]
                 if mode == "processes":
                     result = run_processes(harness, names, callers, seconds, seed, TIMEOUT, backend.verbs())
@@ -63,11 +70,12 @@ def bench(hid: str, seconds: float, callers: int, machines: int, seed: int) -> l
                     result = run_threads(harness.connect(), names, callers, seconds, seed, TIMEOUT, backend.verbs())
                 wrong = wrong_answers(result, lacks, TIMEOUT, backend.expected)
                 row = {"backend": hid, "mode": mode, **summary(result, wrong)}
-                row["world"] = [p for n in names for p in world_disagreements(hv.machine(n), backend.has_process)]
+                row["world"] = [p for n in names for p in world_disagreements(hv, n, backend.has_process)]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             for name in names:
-                hv.machine(name).destroy()
+                with contextlib.suppress(vmctl.MachineNotFound):
+                    hv.machine(name).destroy()
             leaks = [x for name in names for x in harness.leftovers(name)]
             rows[-1]["leaks"] = leaks
         finally:

@@ -57,8 +57,9 @@ VERBS = (
 )
 #: few names, so that callers collide on them
 SNAPSHOT_NAMES = ("s1", "s2")
-#: the refusals a caller may get whatever the others do
-TYPED = frozenset({"InvalidState", "SnapshotNotFound", "SnapshotExists", "OperationTimeout"})
+#: the refusals a caller may get whatever the others do (MachineNotFound: none of the callers
+#: destroys a machine, but it is the right answer should anyone else do it)
+TYPED = frozenset({"InvalidState", "SnapshotNotFound", "SnapshotExists", "OperationTimeout", "MachineNotFound"})
 #: seconds a graceful stop waits for the guest before it forces a power-off (kept short: the
 #: guest may not have booted, and then it ignores the button)
 STOP_GRACE = 2.0
@@ -290,12 +291,16 @@ def wrong_answers(
     return wrong
 
 
-def world_disagreements(vm: vmctl.Machine, has_process: bool) -> list[str]:
+def world_disagreements(hv: vmctl.Hypervisor, name: str, has_process: bool) -> list[str]:
     """Where the machine's state and the world disagree: a RUNNING or PAUSED machine has a live
     process, the others none (only checked where the backend shows processes)."""
     import psutil
 
-    state = vm.state
+    try:
+        vm = hv.machine(name)
+        state = vm.state
+    except vmctl.MachineNotFound:
+        return [f"{name} was destroyed by someone else"]
     pid = vm.pid
     problems = []
     if state is vmctl.State.UNKNOWN:

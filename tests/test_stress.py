@@ -114,7 +114,7 @@ def _check(harness: Harness, names: list[str], result: Result) -> None:
     outcomes = result.count()
     # the run did what it is for: verbs succeeded, and callers got in each other's way
     assert outcomes["ok"] > 0 and outcomes["InvalidState"] > 0, outcomes
-    problems = [p for name in names for p in world_disagreements(hv.machine(name), backend.has_process)]
+    problems = [p for name in names for p in world_disagreements(hv, name, backend.has_process)]
     assert not problems, problems
 
 
