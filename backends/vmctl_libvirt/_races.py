@@ -9,6 +9,7 @@ these as failures; vmctl answers them as the state read afterwards says.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import libvirt
@@ -37,7 +38,7 @@ LOST_RACE = (
 STOPPED_MEANWHILE = ("terminating on signal", "domain is no longer running")
 #: libvirt 9.0 fails a listing that meets a snapshot being created or deleted
 LISTING_RACE = "must not be NULL"
-LISTING_TRIES = 5
+LISTING_PATIENCE = 30.0
 
 
 def raise_if_lost_race(
@@ -101,19 +102,26 @@ def revert_to(dom: libvirt.virDomain, machine: str, snapshot: Snapshot) -> None:
 
 
 def list_snapshots(dom: libvirt.virDomain) -> list[Snapshot]:
-    """The domain's snapshots, skipping any deleted while they are listed."""
-    for attempt in range(LISTING_TRIES):
+    """The domain's snapshots, skipping any deleted while they are listed.
+
+    libvirt 9.0 refuses a whole listing while one snapshot is being taken (its name is not set
+    yet: "name in virGetDomainSnapshot must not be NULL"); a memory snapshot takes seconds, so
+    the listing is tried again until it is through, for at most ``LISTING_PATIENCE`` seconds.
+    """
+    deadline = time.monotonic() + LISTING_PATIENCE
+    pause = 0.01
+    while True:
         try:
-            snaps = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)
-            break
+            found = []
+            for snap in dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL):
+                try:
+                    found.append(parse_snapshot(snap.getXMLDesc(0)))
+                except libvirt.libvirtError as exc:
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:  # not deleted since
+                        raise
+            return found
         except libvirt.libvirtError as exc:
-            if LISTING_RACE not in (exc.get_error_message() or "") or attempt == LISTING_TRIES - 1:
+            if LISTING_RACE not in (exc.get_error_message() or "") or time.monotonic() + pause > deadline:
                 raise
-    found = []
-    for snap in snaps:
-        try:
-            found.append(parse_snapshot(snap.getXMLDesc(0)))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-                raise
-    return found
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
