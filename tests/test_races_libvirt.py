@@ -139,4 +139,3 @@ def test_poweroff_by_another_client_during_suspend_is_invalid_state(system_vm: v
         assert system_vm.state is State.STOPPED
         assert system_vm.pid is None
     assert hits, "the destroy never met a save in flight"
-
