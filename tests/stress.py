@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import vmctl
-
-from .contract.harness import Harness
+from vmctl.testing import Harness
 
 __all__ = [
     "VERBS",

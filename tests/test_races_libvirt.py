@@ -16,9 +16,9 @@ import pytest
 
 import vmctl
 from vmctl import State
-from vmctl.tools import run_tool
+from vmctl.backend.tools import run_tool
+from vmctl.testing import wait_until
 
-from .contract.harness import wait_until
 from .contract.harness_libvirt import load_services, readable_test_guest
 
 libvirt = pytest.importorskip("libvirt")

@@ -22,10 +22,9 @@ import pytest
 import vmctl
 from vmctl import State
 from vmctl.testguest import ensure_test_guest
+from vmctl.testing import wait_until
 
-from .contract.harness import wait_until
-
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture

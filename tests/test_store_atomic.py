@@ -11,12 +11,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from vmctl.store import MachineStore
+from vmctl.backend.store import MachineStore
 
 WRITER = """
 import sys
 from pathlib import Path
-from vmctl.store import MachineStore
+from vmctl.backend.store import MachineStore
 store = MachineStore(Path(sys.argv[1]), "qemu")
 print("READY", flush=True)
 for i in range(1_000_000):

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 import vmctl
+from vmctl.testing import Harness
 
-from .contract.harness import Harness
 from .stress import VERBS, Result, lacking_verbs, run_processes, run_threads, world_disagreements, wrong_answers
 
 SECONDS = float(os.environ.get("VMCTL_STRESS_SECONDS", "3"))
@@ -69,8 +69,10 @@ def _cases() -> list[Any]:
     """(harness id, mode): processes only where another process can open the machines."""
     cases = []
     for hid in BACKENDS:
-        modes = ("processes", "threads") if _harness_class(hid).multi_process else ("threads",)
-        cases += [pytest.param(hid, mode, id=f"{hid}-{mode}") for mode in modes]
+        cls = _harness_class(hid)
+        modes = ("processes", "threads") if cls.multi_process else ("threads",)
+        marks = [pytest.mark.slow] if cls.real_guest else []  # boots real guests
+        cases += [pytest.param(hid, mode, id=f"{hid}-{mode}", marks=marks) for mode in modes]
     return cases
 
 
