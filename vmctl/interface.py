@@ -44,7 +44,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
-from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, Unsupported
+from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, SnapshotExists, Unsupported
 from vmctl.types import (
     SPEC_FEATURES,
     Capabilities,
@@ -330,7 +330,7 @@ class Machine(ABC):
             if state is not State.STOPPED and not self.capabilities.live_snapshots:
                 raise Unsupported(self.hypervisor.name, "snapshot of a running machine")
             if any(s.name == name for s in self._do_snapshots()):
-                raise InvalidSpec("snapshot name", f"machine {self.name!r} already has a snapshot {name!r}")
+                raise SnapshotExists(self.name, name)
             log.info("%s: snapshot %s", self.name, name)
             return self._do_snapshot(name, description, timeout)
 

@@ -13,10 +13,11 @@ import libvirt
 from vmctl.backend.locking import machine_lock
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import pid_alive
-from vmctl.errors import BackendError, InvalidState, MachineNotFound, SnapshotNotFound
+from vmctl.errors import BackendError, InvalidState, MachineNotFound
 from vmctl.interface import Machine
 from vmctl.types import MachineSpec, Snapshot, State, Usage
 
+from ._races import create_snapshot, delete_snapshot, list_snapshots, raise_if_lost_race, revert_to
 from ._xml import (
     NS_CRASH_ACK,
     NS_PREFIX,
@@ -47,8 +48,6 @@ STATS = (
 #: Longest a wait sleeps without an event before it reads the state again (a safety net only).
 EVENT_WAIT_CAP = 5.0
 LOCK_DIR = ".vmctl-locks"
-#: libvirt's words when the domain was stopped (by a destroy) while a job of this verb ran
-ENDED_MEANWHILE = "domain is no longer running"
 
 _S = libvirt
 
@@ -112,8 +111,9 @@ class LibvirtMachine(Machine):
         return machine_lock(self.hypervisor._state_dir / LOCK_DIR, self.name, verb, timeout, optional=True)
 
     # -- plumbing -----------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable[[libvirt.virDomain], T]) -> T:
-        """Run ``fn(domain)``; a stale cached handle is looked up once more."""
+    def _call(self, what: str, fn: Callable[[libvirt.virDomain], T], verb: str | None = None) -> T:
+        """Run ``fn(domain)``; a stale cached handle is looked up once more. For a ``verb``, a
+        failure that says another caller moved the domain is answered as its state says."""
         hv = self.hypervisor
         for attempt in (1, 2):
             dom = hv._domain(self.name)
@@ -126,12 +126,7 @@ class LibvirtMachine(Machine):
                 if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
                     state = self._safe_state()
                     raise InvalidState(self.name, f"{what} ({exc.get_error_message()})", state) from exc
-                if ENDED_MEANWHILE in (exc.get_error_message() or ""):
-                    # Another caller's destroy stops a domain even while this verb's job runs
-                    # (libvirt lets a destroy past any other job): a lost race, not a failure.
-                    state = self._safe_state()
-                    log.info("%s: %s lost a race (now %s): %s", self.name, what, state.value, exc)
-                    raise InvalidState(self.name, f"{what} (another caller stopped it meanwhile)", state) from exc
+                raise_if_lost_race(self.name, exc, what, verb, self._safe_state)
                 hv.connection.raise_error(exc, what, self.name)
         raise MachineNotFound(self.name, "libvirt")
 
@@ -211,7 +206,7 @@ class LibvirtMachine(Machine):
                 self._set_crash_acknowledged(dom, False)
             dom.create()  # restores the managed save image if there is one
 
-        self._call("virDomainCreate", start)
+        self._call("virDomainCreate", start, "start")
         self._apply_forwards()
 
     def _apply_forwards(self) -> None:
@@ -245,18 +240,18 @@ class LibvirtMachine(Machine):
         self._call("qemuMonitorCommand(hostfwd_add)", add)
 
     def _do_pause(self, timeout: float) -> None:
-        self._call("virDomainSuspend", lambda d: d.suspend())
+        self._call("virDomainSuspend", lambda d: d.suspend(), "pause")
 
     def _do_resume(self, timeout: float) -> None:
-        self._call("virDomainResume", lambda d: d.resume())
+        self._call("virDomainResume", lambda d: d.resume(), "resume")
 
     def _do_suspend(self, timeout: float) -> None:
         # SAVE_RUNNING: a machine suspended while paused comes back running, like every backend.
-        self._call("virDomainManagedSave", lambda d: d.managedSave(libvirt.VIR_DOMAIN_SAVE_RUNNING))
+        self._call("virDomainManagedSave", lambda d: d.managedSave(libvirt.VIR_DOMAIN_SAVE_RUNNING), "suspend")
 
     def _do_request_shutdown(self) -> None:
         flags = 0 if self.hypervisor.driver == "TEST" else libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
-        self._call("virDomainShutdownFlags", lambda d: d.shutdownFlags(flags))
+        self._call("virDomainShutdownFlags", lambda d: d.shutdownFlags(flags), "stop")
 
     def _do_poweroff(self, timeout: float) -> None:
         def poweroff(dom: libvirt.virDomain) -> None:
@@ -274,10 +269,10 @@ class LibvirtMachine(Machine):
                 if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or dom.isActive():
                     raise
 
-        self._call("virDomainDestroy", poweroff)
+        self._call("virDomainDestroy", poweroff, "poweroff")
 
     def _do_reset(self, timeout: float) -> None:
-        self._call("virDomainReset", lambda d: d.reset(0))
+        self._call("virDomainReset", lambda d: d.reset(0), "restart")
 
     def _do_reboot(self, timeout: float) -> bool:
         conn = self.hypervisor.connection
@@ -293,42 +288,25 @@ class LibvirtMachine(Machine):
 
     def _do_snapshot(self, name: str, description: str, timeout: float) -> Snapshot:
         xml = snapshot_xml(name, description)
-        snap = self._call("virDomainSnapshotCreateXML", lambda d: d.snapshotCreateXML(xml, 0))
+        snap = self._call("virDomainSnapshotCreateXML", lambda d: create_snapshot(d, self.name, name, xml), "snapshot")
         return parse_snapshot(self._call("virDomainSnapshotGetXMLDesc", lambda _d: snap.getXMLDesc(0)))
 
     def _do_snapshots(self) -> list[Snapshot]:
-        def listing(dom: libvirt.virDomain) -> list[Snapshot]:
-            snaps = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)
-            return [parse_snapshot(s.getXMLDesc(0)) for s in snaps]
-
         # creationTime has one-second resolution; the stable sort keeps parents before children.
-        return sorted(self._call("virDomainListAllSnapshots", listing), key=lambda s: s.created)
-
-    def _snapshot(self, dom: libvirt.virDomain, name: str) -> libvirt.virDomainSnapshot:
-        try:
-            return dom.snapshotLookupByName(name, 0)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-                raise SnapshotNotFound(self.name, name) from exc
-            raise
+        return sorted(self._call("virDomainListAllSnapshots", list_snapshots), key=lambda s: s.created)
 
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
         def revert(dom: libvirt.virDomain) -> None:
-            snap = self._snapshot(dom, snapshot.name)
-            if not dom.isActive() and dom.hasManagedSaveImage(0):
-                # A revert replaces the current state; libvirt would otherwise keep the saved one.
-                dom.managedSaveRemove(0)
-            flags = libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING if snapshot.has_memory else 0
-            dom.revertToSnapshot(snap, flags)
+            revert_to(dom, self.name, snapshot)
             if self._crash_acknowledged(dom):
                 self._set_crash_acknowledged(dom, False)
 
-        self._call("virDomainRevertToSnapshot", revert)
+        self._call("virDomainRevertToSnapshot", revert, "revert")
         if snapshot.has_memory:
             self._apply_forwards()
 
     def _do_delete_snapshot(self, name: str, timeout: float) -> None:
-        self._call("virDomainSnapshotDelete", lambda d: self._snapshot(d, name).delete(0))
+        self._call("virDomainSnapshotDelete", lambda d: delete_snapshot(d, self.name, name), "delete_snapshot")
 
     def _do_usage(self) -> Usage:
         hv = self.hypervisor

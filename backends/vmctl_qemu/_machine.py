@@ -38,8 +38,8 @@ from vmctl.backend.records import spec_from_record
 from vmctl.backend.store import LOCK
 from vmctl.backend.tools import run_tool
 from vmctl.backend.usage import usage_of_process
-from vmctl.errors import BackendError, OperationTimeout, Unsupported, VmctlError, os_error_code
-from vmctl.interface import Machine
+from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError, os_error_code
+from vmctl.interface import ALLOWED_FROM, Machine
 from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
 
 from . import _qmp
@@ -145,12 +145,18 @@ class QemuMachine(Machine):
     @contextlib.contextmanager
     def _exclusive(self, verb: str, timeout: float) -> Iterator[None]:
         """The machine's store lock, then :func:`._recovery.settle` (except for destroy, which
-        ends whatever is there)."""
+        ends whatever is there). A monitor that vanished under the verb (QEMU ended by a caller
+        outside vmctl, or by itself) is answered as the state then says."""
         try:
             with self._locked(timeout):
                 if verb != "destroy":
                     settle(self, timeout)
                 yield
+        except _qmp.MonitorLost as exc:
+            state = self._get_state()
+            if verb not in ALLOWED_FROM or state in ALLOWED_FROM[verb]:
+                raise
+            raise InvalidState(self.name, f"{verb} (QEMU went away meanwhile: {exc})", state) from exc
         except VmctlError:
             raise
         except OSError as exc:
@@ -452,7 +458,7 @@ class QemuMachine(Machine):
             return []
         out = run_tool([self.hypervisor.qemu_img, "info", "--force-share", "--output=json", str(disk)], timeout=30)
         raw = json.loads(out.stdout).get("snapshots", [])
-        raw.sort(key=lambda s: (s.get("date-sec", 0), s.get("date-nsec", 0), int(s.get("id", 0))))
+        raw.sort(key=lambda s: (s.get("date-sec", 0), s.get("date-nsec", 0), int(s.get("id") or 0)))
         notes = rec.get("notes", {})
         result = []
         parent = None

@@ -69,6 +69,11 @@ def _reachable(path: Path) -> Iterator[str]:
         os.close(fd)
 
 
+class MonitorLost(BackendError):
+    """QEMU's monitor went away under a command or a connect (QEMU ended, or was ended by
+    another caller): the machine's state, read again, says what happened."""
+
+
 class QmpSession:
     """One connected QMP session (use :func:`session`)."""
 
@@ -87,8 +92,9 @@ class QmpSession:
                 code=qmp_code(exc.error.error.class_),
                 native=exc.error.error.class_,
             ) from exc
-        except (QMPError, OSError, EOFError) as exc:
-            raise BackendError(
+        except (QMPError, OSError, EOFError, AssertionError) as exc:
+            # qemu.qmp asserts its runstate when the peer vanished mid-command
+            raise MonitorLost(
                 f"QMP {command} failed: {exc or type(exc).__name__}",
                 command=command,
                 code=ErrorCode.CONNECTION,
@@ -104,12 +110,19 @@ class QmpSession:
 
         try:
             run_sync(send(), timeout, "QMP getfd")
-        except (QMPError, OSError) as exc:
+        except ExecuteError as exc:
             raise BackendError(
                 f"passing a file descriptor to QEMU failed: {exc}",
                 command="getfd",
-                code=qmp_code(exc.error.error.class_) if isinstance(exc, ExecuteError) else ErrorCode.CONNECTION,
-                native=exc.error.error.class_ if isinstance(exc, ExecuteError) else type(exc).__name__,
+                code=qmp_code(exc.error.error.class_),
+                native=exc.error.error.class_,
+            ) from exc
+        except (QMPError, OSError, EOFError, AssertionError) as exc:
+            raise MonitorLost(
+                f"passing a file descriptor to QEMU failed: {exc or type(exc).__name__}",
+                command="getfd",
+                code=ErrorCode.CONNECTION,
+                native=type(exc).__name__,
             ) from exc
 
     def wait_job(self, job_id: str, timeout: float) -> None:
@@ -140,9 +153,9 @@ def session(socket_path: Path, timeout: float = 10) -> Iterator[QmpSession]:
     with _reachable(socket_path) as address:
         try:
             run_sync(client.connect(address), timeout, "QMP connect")
-        except (QMPError, OSError) as exc:
-            raise BackendError(
-                f"cannot reach QEMU's monitor at {socket_path}: {exc}",
+        except (QMPError, OSError, EOFError, AssertionError) as exc:  # AssertionError: QEMU left mid-handshake
+            raise MonitorLost(
+                f"cannot reach QEMU's monitor at {socket_path}: {exc or type(exc).__name__}",
                 command="connect",
                 code=ErrorCode.CONNECTION,
                 native=type(exc).__name__,

@@ -231,7 +231,10 @@ class VSphereMachine(Machine):
             lambda vm: vm.CreateSnapshot_Task(name=name, description=description, memory=memory, quiesce=False),
             timeout,
         )
-        return [s for s in self._do_snapshots() if s.name == name][-1]
+        taken = [s for s in self._do_snapshots() if s.name == name]
+        if not taken:  # another caller deleted it already (vSphere holds no lock across the two calls)
+            raise SnapshotNotFound(self.name, name)
+        return taken[-1]
 
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
         deadline = time.monotonic() + timeout

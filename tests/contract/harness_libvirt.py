@@ -142,6 +142,8 @@ class LibvirtQemuHarness(Harness):
         self.kernel, self.initrd, self.disk, self.cmdline = readable_test_guest()
         self.state_dir = Path("/var/lib/libvirt/images/vmctl")
         self.hv = vmctl.connect("libvirt", uri=self.uri, state_dir=self.state_dir)
+        #: machines this harness made specs for: qemu:///system is shared with everyone's machines
+        self.named: set[str] = set()
 
     def connect(self) -> vmctl.Hypervisor:
         return self.hv
@@ -150,6 +152,7 @@ class LibvirtQemuHarness(Harness):
         return f"import vmctl\nhv = vmctl.connect('libvirt', uri={self.uri!r}, state_dir={str(self.state_dir)!r})\n"
 
     def spec_code(self, name: str) -> str:
+        self.named.add(name)
         return (
             f"vmctl.MachineSpec(name={name!r}, disk={str(self.disk)!r}, kernel={str(self.kernel)!r}, "
             f"initrd={str(self.initrd)!r}, cmdline={self.cmdline!r})"
@@ -160,6 +163,7 @@ class LibvirtQemuHarness(Harness):
 
     def spec(self, name: str, *, network: bool = False, ignore_power_button: bool = False) -> vmctl.MachineSpec:
         cmdline = self.cmdline + (" " + IGNORE_POWER_BUTTON if ignore_power_button else "")
+        self.named.add(name)
         return vmctl.MachineSpec(
             name=name,
             disk=self.disk,
@@ -205,7 +209,8 @@ class LibvirtQemuHarness(Harness):
 
     def teardown(self) -> None:
         for vm in self.hv.machines():
-            vm.destroy()
+            if vm.name in self.named:  # never another test run's machines on the shared daemon
+                vm.destroy()
         self.hv.close()
 
 
