@@ -41,8 +41,12 @@ def qemu_argv(
     incoming: bool = False,
     loadvm: str | None = None,
     cpu_model: str | None = None,
+    net_fd: int | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
+    """QEMU's argv. ``net_fd``: the guest's network is passt's socket (see ``_passt``); without
+    it, QEMU's own user network with ``restrict=on``, so the guest cannot reach the host's
+    loopback through the gateway (nor anything else; port forwards still work)."""
     argv = [
         binary,
         "-name", f"guest={opt(spec.name)}",
@@ -79,10 +83,7 @@ def qemu_argv(
         }
         argv += ["-blockdev", json.dumps(node), "-device", f"virtio-blk-pci,drive={DISK_NODE},id=vda"]
     if spec.network is not None:
-        netdev = f"user,id={NIC_NETDEV}"
-        for pf in spec.network.port_forwards:
-            netdev += f",hostfwd={pf.protocol}:127.0.0.1:{pf.host_port}-:{pf.guest_port}"
-        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
+        argv += ["-netdev", netdev_option(spec, net_fd), "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
     for index, (tag, directory) in enumerate(sorted(spec.shared_dirs.items())):
         argv += [
             "-fsdev", f"local,id=fs{index},path={opt(directory)},security_model=none",
@@ -94,3 +95,12 @@ def qemu_argv(
         argv += ["-loadvm", loadvm]
     argv += list(extra)
     return argv
+
+
+def netdev_option(spec: MachineSpec, net_fd: int | None) -> str:
+    if net_fd is not None:
+        return f"stream,id={NIC_NETDEV},server=off,addr.type=fd,addr.str={net_fd}"
+    netdev = f"user,id={NIC_NETDEV},restrict=on"
+    for pf in spec.network.port_forwards if spec.network else ():
+        netdev += f",hostfwd={pf.protocol}:127.0.0.1:{pf.host_port}-:{pf.guest_port}"
+    return netdev

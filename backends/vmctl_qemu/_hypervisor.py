@@ -28,7 +28,10 @@ class QemuHypervisor(Hypervisor):
 
     Options: ``state_dir`` (default ``~/.local/state/vmctl/qemu``, or ``$VMCTL_STATE_DIR/qemu``),
     ``accel`` (``auto``, ``kvm`` or ``tcg``), ``qemu_binary``, ``qemu_img``, ``machine_type``,
-    ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM).
+    ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM), ``passt`` (the program
+    that gives guests their network without a way to the host's loopback; where it is not
+    installed, or ``passt=None``, QEMU's own user network runs restricted: port forwards work
+    but the guest reaches nothing).
     Any process opening the same ``state_dir`` sees and controls the same machines.
     """
 
@@ -42,6 +45,7 @@ class QemuHypervisor(Hypervisor):
         qemu_img: str = "qemu-img",
         machine_type: str = "q35",
         cpu_model: str | None = None,
+        passt: str | None = "passt",
     ) -> None:
         if accel not in ACCELS:
             raise InvalidSpec("accel", f"{accel!r} is not one of {', '.join(ACCELS)}")
@@ -53,6 +57,7 @@ class QemuHypervisor(Hypervisor):
         self.qemu_img = qemu_img
         self.machine_type = machine_type
         self.cpu_model = cpu_model
+        self.passt = passt
         self.store = MachineStore(Path(state_dir) if state_dir is not None else default_state_dir("qemu"), "qemu")
         self.store.sweep()
         self._sweep_deleted()

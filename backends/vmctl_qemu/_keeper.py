@@ -1,6 +1,7 @@
 """The keeper: a tiny parent process for one QEMU run.
 
-``python .../vmctl_qemu/_keeper.py VMDIR RUN_ID -- QEMU ARGV...`` starts QEMU (cwd = VMDIR), records
+``python .../vmctl_qemu/_keeper.py VMDIR RUN_ID [--pass-fd FD] -- QEMU ARGV...`` starts QEMU
+(handing it descriptor FD, its network socket) (cwd = VMDIR), records
 its pid and start time in ``run.json``, waits for it, and records its exit status in
 ``exit.json``. Without a parent that outlives the vmctl process that started the VM, nobody could
 tell a guest that powered itself off (exit 0) from a QEMU that died (a signal or error status).
@@ -40,15 +41,23 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def main(argv: list[str]) -> int:
+    pass_fds: list[int] = []
+    if len(argv) > 3 and argv[2] == "--pass-fd":
+        pass_fds.append(int(argv[3]))
+        del argv[2:4]
     vmdir, run_id, sep, *qemu = argv
     if sep != "--" or not qemu:
-        print("usage: _keeper.py VMDIR RUN_ID -- QEMU...", file=sys.stderr)
+        print("usage: _keeper.py VMDIR RUN_ID [--pass-fd FD] -- QEMU...", file=sys.stderr)
         return 2
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     directory = Path(vmdir)
     with open(directory / "qemu.log", "ab") as err:
-        proc = subprocess.Popen(qemu, cwd=directory, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        proc = subprocess.Popen(
+            qemu, cwd=directory, stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=pass_fds
+        )
+    for fd in pass_fds:  # QEMU's alone now: its exit closes the socket, and passt quits
+        os.close(fd)
     import psutil
 
     try:
