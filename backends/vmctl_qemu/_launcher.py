@@ -154,10 +154,12 @@ def _start_keeper(
     with open(vm.dir / "qemu.log", "ab") as err:
         err.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id}: {' '.join(argv)}\n".encode())
         err.flush()
-        pass_fd = ["--pass-fd", str(net_fd)] if net_fd is not None else []
+        keeper_options = ["--pass-fd", str(net_fd)] if net_fd is not None else []
+        if hv.log_max_bytes:
+            keeper_options += ["--log-cap", str(hv.log_max_bytes), "--log", str(vm.serial_log)]
         try:
             keeper = subprocess.Popen(
-                [sys.executable, KEEPER_SCRIPT, str(vm.dir), run_id, *pass_fd, "--", *argv],
+                [sys.executable, KEEPER_SCRIPT, str(vm.dir), run_id, *keeper_options, "--", *argv],
                 cwd=vm.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
