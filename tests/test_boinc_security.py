@@ -21,6 +21,7 @@ import pytest
 
 import vmctl
 from tests.test_boinc_adapter import Env, make_env, output_job, started
+from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, disk_usage, vm_file_roots
 from vmctl.boinc._safefs import UnsafeFile, copy_bounded, read_bounded, read_tail, stat_beneath, write_exclusive
 from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import CONFIG_ENV, HostConfigError, Profile, load_host_config
@@ -496,6 +497,48 @@ def test_a_billion_laughs_job_exits_206(env: Env) -> None:
     )
     assert proc.returncode == EXIT_INIT_FAILURE, proc.stderr[-2000:]
     assert "DTD" in proc.stderr
+
+
+# -- 9. disk use --------------------------------------------------------------------------------
+
+
+def _fill(path: Path, size: int) -> None:
+    with open(path, "wb") as f:  # real blocks, not a sparse file
+        for _ in range(size // 65536):
+            f.write(os.urandom(65536))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_vm_files_past_the_disk_bound_end_the_task_with_the_disk_limit_exit(env: Env) -> None:
+    env.client.write_init_data(rsc_disk_bound=2e6)
+    output_job(env)
+    adapter = started(env)
+    assert env.run(adapter, 2) is None
+    _fill(env.shared() / "junk.bin", 4 << 20)  # the guest writes past the bound
+    code = env.run(adapter, CHECK_INTERVAL + 2)
+    assert code == EXIT_DISK_LIMIT_EXCEEDED == 196
+    assert not env.hv.machines(), "the VM is deleted, its files with it"
+
+
+def test_vm_files_under_the_disk_bound_keep_the_task_running(env: Env) -> None:
+    env.client.write_init_data(rsc_disk_bound=8e6)
+    output_job(env)
+    adapter = started(env)
+    _fill(env.shared() / "data.bin", 1 << 20)
+    assert env.run(adapter, CHECK_INTERVAL + 2) is None
+
+
+def test_disk_use_counts_a_state_dir_outside_the_slot_and_follows_no_link(tmp_path: Path) -> None:
+    slot, state = tmp_path / "slot", tmp_path / "state"
+    slot.mkdir()
+    state.mkdir()
+    _fill(state / "disk.qcow2", 1 << 20)
+    (slot / "link").symlink_to(state)  # not followed: the state dir is counted once, as a root
+    roots = vm_file_roots(slot, {"state_dir": str(state)})
+    assert roots == [slot, state]
+    assert (1 << 20) <= (disk_usage(roots) or 0) < (2 << 20)
+    assert vm_file_roots(slot, {"state_dir": str(slot / "vm")}) == [slot]
 
 
 # -- 10. console log and state directory ----------------------------------------------------------

@@ -44,6 +44,7 @@ from vmctl.boinc import reaper
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cputime import CpuTime
+from vmctl.boinc._diskuse import DiskBound, vm_file_roots
 from vmctl.boinc._endings import Endings
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
@@ -159,6 +160,7 @@ class Adapter:
         self._status = StatusReports(shm, self._task, self._cpu, self._files, self._policy)
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
+        self._disk = DiskBound(vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now)
 
         # what the client said
         self.suspended = False
@@ -406,6 +408,7 @@ class Adapter:
             self._endings.save_and_exit(
                 f"no heartbeat from the BOINC client for {HEARTBEAT_TIMEOUT:.0f} s", temporary=True
             )
+        self._disk.check(now)
         state = self._policy.read_state()
         if state is None or not self._suspension.reconcile(state, now, self.suspended):
             return
