@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 import vmctl
+import vmctl.boinc._vmsetup as vmsetup
 from tests.test_boinc_adapter import Env, make_env, output_job, started
+from vmctl.backend.ports import free_port
 from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, disk_usage, vm_file_roots
 from vmctl.boinc._safefs import UnsafeFile, copy_bounded, read_bounded, read_tail, stat_beneath, write_exclusive
 from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, EXIT_INIT_FAILURE, Adapter
@@ -634,3 +636,55 @@ def test_a_hostile_guest_on_qemu_gets_no_host_file_into_its_result(tmp_path: Pat
     result = project / "wu_0_0_r0"
     assert not result.exists() or SECRET not in result.read_text()
     assert secret.read_text() == SECRET
+
+
+# -- 10. on real QEMU: a port picked for the VM that another process takes meanwhile ---------------
+
+THIEF = (
+    "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_picked_port_another_process_takes_is_picked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guest = ensure_test_guest()
+    boinc_dir = tmp_path / "boinc"
+    project, slot_dir = boinc_dir / "projects" / "p", boinc_dir / "slots" / "0"
+    project.mkdir(parents=True)
+    slot_dir.mkdir(parents=True)
+    for name, source in {"vmlinuz": guest.kernel, "initrd.img": guest.initrd}.items():
+        os.link(source, project / name)
+        (slot_dir / name).write_text(f"<soft_link>../../projects/p/{name}</soft_link>\n")
+    (slot_dir / "vmctl_job.toml").write_text(
+        f'backend = "qemu"\nkernel = "vmlinuz"\ninitrd = "initrd.img"\ncmdline = "{guest.cmdline}"\n'
+        'memory_mib = 128\nnetwork = true\n[backend_options]\naccel = "tcg"\n[[port_forward]]\nguest_port = 22\n'
+    )
+    thief = subprocess.Popen([sys.executable, "-c", THIEF], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert thief.stdout is not None
+    stolen = int(thief.stdout.readline())
+    picks = iter([stolen])  # the race: the port picked is taken before QEMU binds it
+    monkeypatch.setattr(vmsetup, "free_port", lambda: next(picks, None) or free_port())
+    client = FakeClient(slot_dir, project_dir=str(project), boinc_dir=str(boinc_dir))
+    hv = vmctl.connect("qemu", state_dir=slot_dir / "vm")
+    try:
+        data = read_init_data(slot_dir)
+        adapter = Adapter(
+            Slot(slot_dir),
+            data,
+            load_job(find_job_file(slot_dir)),
+            open_shared_memory(slot_dir, data.shm_key),
+            reap_at_start=False,
+        )
+        assert adapter.start() is None, "the task runs"
+        (vm,) = hv.machines()
+        assert vm.state is vmctl.State.RUNNING
+        assert vm.spec.network is not None
+        (forward,) = vm.spec.network.port_forwards
+        assert forward.host_port != stolen
+    finally:
+        thief.communicate("")
+        client.close()
+        for vm in hv.machines():
+            vm.destroy()
