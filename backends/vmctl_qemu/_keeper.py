@@ -104,13 +104,14 @@ def main(argv: list[str]) -> int:
     record = {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": proc.pid, "qemu_created": created}
     atomic_write(directory / "run.json", json.dumps(record).encode())
     logs.append(directory / "qemu.log")
-    while True:
-        try:
-            status = proc.wait(timeout=LOG_CHECK_INTERVAL if cap else None)
-            break
-        except subprocess.TimeoutExpired:
+    if cap:
+        # woken by QEMU's exit at once, else every LOG_CHECK_INTERVAL (Popen.wait(timeout) would poll)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        while proc.poll() is None:
+            signal.sigtimedwait({signal.SIGCHLD}, LOG_CHECK_INTERVAL)
             for path in logs:
                 trim_log(path, cap)
+    status = proc.wait()
     atomic_write(
         directory / "exit.json",
         json.dumps({"run_id": run_id, "status": status, "ended": time.time()}).encode(),

@@ -31,7 +31,7 @@ __all__ = ["find_passt", "passt_argv", "start_passt"]
 
 def passt_argv(binary: str, fd: int, network: Network) -> list[str]:
     """passt's command line: serve socket ``fd``, gateway not mapped, forwards on 127.0.0.1."""
-    argv = [binary, "--foreground", "--fd", str(fd), "--no-map-gw"]
+    argv = [binary, "--foreground", "--quiet", "--fd", str(fd), "--no-map-gw"]
     for protocol, flag in (("tcp", "-t"), ("udp", "-u")):
         ports = [f"{pf.host_port}:{pf.guest_port}" for pf in network.port_forwards if pf.protocol == protocol]
         argv += [flag, "127.0.0.1/" + ",".join(ports) if ports else "none"]
