@@ -85,12 +85,13 @@ def _spec(guest: TestGuest, tmp_path: Path, port: int, script: str) -> vmctl.Mac
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("passt", ["passt", ""], ids=["passt", "restricted-slirp"])
 def test_the_guest_cannot_reach_host_loopback_but_forwards_work(
-    tmp_path: Path, guest: TestGuest, listener: socket.socket
+    tmp_path: Path, guest: TestGuest, listener: socket.socket, passt: str
 ) -> None:
     target = listener.getsockname()[1]
     port = free_port()
-    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg", passt=passt)
     vm = hv.create(_spec(guest, tmp_path, port, PROBE_SH.format(port=target)))
     try:
         vm.start()

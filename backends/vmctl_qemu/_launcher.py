@@ -115,6 +115,8 @@ def launch(
         with contextlib.suppress(FileNotFoundError):
             (vm.dir / stale).unlink()
     passt_binary = find_passt(hv.passt) if vm.spec.network is not None else None
+    if vm.spec.network is not None and passt_binary is None:
+        log.info("%s: no passt: QEMU's user network runs restricted (forwards only, no way out)", vm.name)
     with contextlib.ExitStack() as stack:
         net_fd = None
         if passt_binary is not None and vm.spec.network is not None:
