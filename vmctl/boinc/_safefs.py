@@ -143,10 +143,27 @@ def _why(mode: int) -> str:
     return "not a regular file"
 
 
+#: Where QEMU's 9p ``mapped-xattr`` model keeps the mode the guest gave a file (a little-endian
+#: 32-bit ``mode_t``): a guest's symlink, FIFO or device node is a regular file on the host.
+GUEST_MODE_XATTR = "user.virtfs.mode"
+
+
+def _guest_mode(fd: int) -> int | None:
+    """The file type and mode the guest recorded for ``fd`` through a mapped 9p share, if any."""
+    try:
+        raw = os.getxattr(f"/proc/self/fd/{fd}", GUEST_MODE_XATTR)
+    except OSError:
+        return None
+    return int.from_bytes(raw[:4], "little") if len(raw) >= 4 else None
+
+
 def _checked(fd: int, name: str) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeFile(errno.EINVAL, _why(st.st_mode), name)
+    mode = _guest_mode(fd)
+    if mode is not None and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        raise UnsafeFile(errno.EINVAL, _why(mode) + " made by the guest", name)
     return st
 
 
