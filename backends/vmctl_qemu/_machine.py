@@ -211,9 +211,8 @@ class QemuMachine(Machine):
             return None
         # the record may have been edited: its disk is the machine's own overlay or the base
         # image the spec declares (overlay=False), nothing else
-        if isinstance(disk, str) and self.spec.disk is not None and not self.spec.overlay:
-            if os.path.abspath(disk) == str(self.spec.disk):
-                return self.spec.disk
+        if self.spec.disk is not None and not self.spec.overlay and disk == str(self.spec.disk):
+            return self.spec.disk
         return inside(self.dir, disk, "disk")
 
     # -- reading the state (never changes anything) ------------------------------------------
