@@ -22,7 +22,7 @@ import pytest
 import vmctl
 from tests.test_virtualbox_quirks import Sim, sim  # noqa: F401 (the simulator fixture)
 from vmctl.backend.records import spec_from_record
-from vmctl.boinc._safefs import GUEST_MODE_XATTR, UnsafeFile, read_bounded
+from vmctl.boinc._safefs import GUEST_MODE_XATTR, UnsafeFile, read_bounded, stat_beneath
 from vmctl.testguest import TestGuest, ensure_test_guest
 from vmctl_libvirt._xml import DomainPlan, domain_xml
 from vmctl_qemu._command import SANDBOX, qemu_argv, security_model
@@ -184,6 +184,24 @@ def test_what_a_hostile_guest_makes_in_its_share_is_only_metadata_on_the_host(
         with pytest.raises(UnsafeFile, match="made by the guest"):
             read_bounded(share, name, 4096)
     assert read_bounded(share, "suid", 4096) == b"root\n"
+
+
+@pytest.mark.parametrize("subdir", ["", "out/"])
+def test_what_the_guest_made_through_a_mapped_file_share_is_read_as_it_meant(tmp_path: Path, subdir: str) -> None:
+    """Where the host keeps no user xattrs QEMU's ``mapped-file`` model writes the guest's mode
+    as ``virtfs.mode=N`` into ``.virtfs_metadata/NAME`` next to a plain file (planted here as
+    QEMU writes it)."""
+    (tmp_path / subdir / ".virtfs_metadata").mkdir(parents=True)
+    for name, mode in (("link", stat.S_IFLNK | 0o777), ("fifo", stat.S_IFIFO | 0o644), ("data", stat.S_IFREG | 0o4755)):
+        (tmp_path / subdir / name).write_text("/etc/passwd" if name == "link" else "42\n")
+        meta = f"virtfs.uid=0\nvirtfs.gid=0\nvirtfs.mode={mode}\nvirtfs.rdev=0\n"
+        (tmp_path / subdir / ".virtfs_metadata" / name).write_text(meta)
+    for name in ("link", "fifo"):
+        with pytest.raises(UnsafeFile, match="made by the guest"):
+            read_bounded(tmp_path, subdir + name, 4096)
+        with pytest.raises(UnsafeFile, match="made by the guest"):
+            stat_beneath(tmp_path, subdir + name)
+    assert read_bounded(tmp_path, subdir + "data", 4096) == b"42\n"
 
 
 # -- QEMU: a record is checked again when read ---------------------------------------------------
