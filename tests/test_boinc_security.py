@@ -568,6 +568,40 @@ def test_a_state_dir_others_may_write_is_refused(tmp_path: Path, mode: int) -> N
         vmctl.connect("qemu", state_dir=root)
 
 
+# -- 3. trusted state outside every share ----------------------------------------------------------
+
+
+def _no_share_holds(spec: vmctl.MachineSpec, paths: list[Path]) -> None:
+    for tag, shared in spec.shared_dirs.items():
+        for path in paths:
+            assert path != shared and shared not in path.parents, f"{path} is inside the share {tag!r}"
+
+
+def _vbox_job(env: Env, keys: str) -> None:
+    (env.slot / "vmctl_job.toml").unlink()
+    (env.project / "v1_base.img").rename(env.project / "vm.vdi")
+    (env.slot / "vm_image.vdi").write_text("<soft_link>../../projects/p/vm.vdi</soft_link>\n")
+    env.write_job(text=f"<vbox_job>{keys}</vbox_job>", name="vbox_job.xml")
+
+
+def test_share_slot_dir_shares_a_subdirectory_never_the_slot(env: Env) -> None:
+    _vbox_job(env, "<share_slot_dir/>")
+    started(env)
+    spec = env.vm().spec
+    assert spec.shared_dirs == {"shared": env.slot / "shared"}
+    trusted = [env.slot, env.slot / "vm", env.slot / "vm_console.log", env.slot / "init_data.xml"]
+    _no_share_holds(spec, [*trusted, env.slot / "boinc_mmap_file", env.slot / "vmctl_job.toml"])
+
+
+def test_the_project_directory_is_shared_read_only(env: Env) -> None:
+    _vbox_job(env, "<share_project_dir/>")
+    started(env)
+    spec = env.vm().spec
+    assert spec.shared_dirs["project"] == env.project
+    assert spec.readonly_shares == frozenset({"project"})
+    _no_share_holds(spec, [env.slot / "vm_console.log", env.slot / "init_data.xml", env.slot / "boinc_mmap_file"])
+
+
 # -- 1. on real QEMU: the test guest plants links and special files in its share --------------------
 
 HOSTILE_RUN_SH = """\
