@@ -1114,16 +1114,17 @@ def _assert_qemu_got(vm: vmctl.Machine, spec: vmctl.MachineSpec, pid: int) -> No
     if spec.cmdline:
         assert argv[argv.index("-append") + 1] == spec.cmdline
     if spec.network is not None:
-        wait_until(
-            lambda: (
-                len([c for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN])
-                >= len([f for f in spec.network.port_forwards if f.protocol == "tcp"])
-            ),
-            10,
-            "forwarded ports to listen",
-        )
-        for conn in proc.net_connections("inet"):
+        # QEMU itself, or the passt process that carries its network, listens
+        ports = {f.host_port for f in spec.network.port_forwards if f.protocol == "tcp"}
+
+        def listening() -> list[Any]:
+            conns = psutil.net_connections("inet")
+            return [c for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
+
+        wait_until(lambda: {c.laddr.port for c in listening()} >= ports, 10, "forwarded ports to listen")
+        for conn in listening():
             assert conn.laddr.ip == "127.0.0.1", conn
+        assert proc.is_running()
 
 
 @settings(max_examples=200, deadline=None)
