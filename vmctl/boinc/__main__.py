@@ -2,7 +2,9 @@
 
 Started by the client with the slot directory as its working directory, it runs the task's VM
 until the task is done, quits, is aborted or must wait. ``vmctl-boinc --reap`` removes the VMs
-of tasks that no longer exist.
+of tasks that no longer exist; ``vmctl-boinc --backends`` lists the backends and whether they
+are usable here. ``vmctl-boinc bundle --out DIR`` freezes it into one executable (see
+:mod:`vmctl.boinc.bundle`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import vmctl
 from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import HostConfigError, load_host_config
@@ -76,7 +79,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nthreads", type=float, help="virtual CPUs (overrides the job file, as for vboxwrapper)")
     p.add_argument("--memory_size_mb", type=int, help="VM memory in MiB (overrides the job file)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {vmctl.__version__}")
+    p.add_argument("--backends", action="store_true", help="list the backends and whether they are usable, then exit")
     return p
+
+
+def _bundle_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmctl-boinc bundle", description="Freeze vmctl-boinc into one self-contained executable DIR/vmctl-boinc."
+    )
+    p.add_argument("--out", type=Path, required=True, help="the directory to write vmctl-boinc into")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _bundle(arguments: Sequence[str]) -> int:
+    from vmctl.boinc.bundle import BundleError, build_bundle
+
+    args = _bundle_parser().parse_args(arguments)
+    setup_logging(args.verbose)
+    try:
+        build_bundle(args.out)
+    except BundleError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _list_backends() -> int:
+    for info in vmctl.backends():
+        why = "" if info.usable else f" ({info.reason}{'; ' + info.hint if info.hint else ''})"
+        print(f"{info.name}\t{'usable' if info.usable else 'unusable'}{why}")
+    return 0
 
 
 def _reap(args: argparse.Namespace) -> int:
@@ -142,10 +176,14 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vmctl-boinc`` console script; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bundle"]:
+        return _bundle(arguments[1:])
     args, unknown = _parser().parse_known_args(arguments)
     setup_logging(args.verbose)
     if unknown:
         log.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
+    if args.backends:
+        return _list_backends()
     if args.reap:
         return _reap(args)
     return _run(args, arguments)
