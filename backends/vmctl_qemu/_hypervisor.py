@@ -20,14 +20,16 @@ from ._command import resolve_accel
 log = logging.getLogger("vmctl.qemu")
 
 OVERLAY = "disk.qcow2"
-ACCELS = ("auto", "kvm", "tcg")
+ACCELS = ("auto", "kvm", "tcg", "hvf", "whpx")
+"""hvf (macOS) and whpx (Windows) are passed to QEMU as they are; only kvm and tcg are tested."""
 
 
 class QemuHypervisor(Hypervisor):
     """Machines run by QEMU processes, recorded under ``state_dir``.
 
     Options: ``state_dir`` (default ``~/.local/state/vmctl/qemu``, or ``$VMCTL_STATE_DIR/qemu``),
-    ``accel`` (``auto``, ``kvm`` or ``tcg``), ``qemu_binary``, ``qemu_img``, ``machine_type``,
+    ``accel`` (``auto``, ``kvm``, ``tcg``, or ``hvf``/``whpx`` for a QEMU on macOS/Windows),
+    ``qemu_binary``, ``qemu_img``, ``machine_type``,
     ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM).
     Any process opening the same ``state_dir`` sees and controls the same machines.
     """
