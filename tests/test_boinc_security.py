@@ -20,7 +20,10 @@ from pathlib import Path
 import pytest
 
 import vmctl
+import vmctl.boinc._vmsetup as vmsetup
 from tests.test_boinc_adapter import Env, make_env, output_job, started
+from vmctl.backend.ports import free_port
+from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, disk_usage, vm_file_roots
 from vmctl.boinc._safefs import UnsafeFile, copy_bounded, read_bounded, read_tail, stat_beneath, write_exclusive
 from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import CONFIG_ENV, HostConfigError, Profile, load_host_config
@@ -498,6 +501,48 @@ def test_a_billion_laughs_job_exits_206(env: Env) -> None:
     assert "DTD" in proc.stderr
 
 
+# -- 9. disk use --------------------------------------------------------------------------------
+
+
+def _fill(path: Path, size: int) -> None:
+    with open(path, "wb") as f:  # real blocks, not a sparse file
+        for _ in range(size // 65536):
+            f.write(os.urandom(65536))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_vm_files_past_the_disk_bound_end_the_task_with_the_disk_limit_exit(env: Env) -> None:
+    env.client.write_init_data(rsc_disk_bound=2e6)
+    output_job(env)
+    adapter = started(env)
+    assert env.run(adapter, 2) is None
+    _fill(env.shared() / "junk.bin", 4 << 20)  # the guest writes past the bound
+    code = env.run(adapter, CHECK_INTERVAL + 2)
+    assert code == EXIT_DISK_LIMIT_EXCEEDED == 196
+    assert not env.hv.machines(), "the VM is deleted, its files with it"
+
+
+def test_vm_files_under_the_disk_bound_keep_the_task_running(env: Env) -> None:
+    env.client.write_init_data(rsc_disk_bound=8e6)
+    output_job(env)
+    adapter = started(env)
+    _fill(env.shared() / "data.bin", 1 << 20)
+    assert env.run(adapter, CHECK_INTERVAL + 2) is None
+
+
+def test_disk_use_counts_a_state_dir_outside_the_slot_and_follows_no_link(tmp_path: Path) -> None:
+    slot, state = tmp_path / "slot", tmp_path / "state"
+    slot.mkdir()
+    state.mkdir()
+    _fill(state / "disk.qcow2", 1 << 20)
+    (slot / "link").symlink_to(state)  # not followed: the state dir is counted once, as a root
+    roots = vm_file_roots(slot, {"state_dir": str(state)})
+    assert roots == [slot, state]
+    assert (1 << 20) <= (disk_usage(roots) or 0) < (2 << 20)
+    assert vm_file_roots(slot, {"state_dir": str(slot / "vm")}) == [slot]
+
+
 # -- 10. console log and state directory ----------------------------------------------------------
 
 
@@ -521,6 +566,40 @@ def test_a_state_dir_others_may_write_is_refused(tmp_path: Path, mode: int) -> N
     root.chmod(mode)
     with pytest.raises(vmctl.BackendUnavailable, match="writable"):
         vmctl.connect("qemu", state_dir=root)
+
+
+# -- 3. trusted state outside every share ----------------------------------------------------------
+
+
+def _no_share_holds(spec: vmctl.MachineSpec, paths: list[Path]) -> None:
+    for tag, shared in spec.shared_dirs.items():
+        for path in paths:
+            assert path != shared and shared not in path.parents, f"{path} is inside the share {tag!r}"
+
+
+def _vbox_job(env: Env, keys: str) -> None:
+    (env.slot / "vmctl_job.toml").unlink()
+    (env.project / "v1_base.img").rename(env.project / "vm.vdi")
+    (env.slot / "vm_image.vdi").write_text("<soft_link>../../projects/p/vm.vdi</soft_link>\n")
+    env.write_job(text=f"<vbox_job>{keys}</vbox_job>", name="vbox_job.xml")
+
+
+def test_share_slot_dir_shares_a_subdirectory_never_the_slot(env: Env) -> None:
+    _vbox_job(env, "<share_slot_dir/>")
+    started(env)
+    spec = env.vm().spec
+    assert spec.shared_dirs == {"shared": env.slot / "shared"}
+    trusted = [env.slot, env.slot / "vm", env.slot / "vm_console.log", env.slot / "init_data.xml"]
+    _no_share_holds(spec, [*trusted, env.slot / "boinc_mmap_file", env.slot / "vmctl_job.toml"])
+
+
+def test_the_project_directory_is_shared_read_only(env: Env) -> None:
+    _vbox_job(env, "<share_project_dir/>")
+    started(env)
+    spec = env.vm().spec
+    assert spec.shared_dirs["project"] == env.project
+    assert spec.readonly_shares == frozenset({"project"})
+    _no_share_holds(spec, [env.slot / "vm_console.log", env.slot / "init_data.xml", env.slot / "boinc_mmap_file"])
 
 
 # -- 1. on real QEMU: the test guest plants links and special files in its share --------------------
@@ -591,3 +670,55 @@ def test_a_hostile_guest_on_qemu_gets_no_host_file_into_its_result(tmp_path: Pat
     result = project / "wu_0_0_r0"
     assert not result.exists() or SECRET not in result.read_text()
     assert secret.read_text() == SECRET
+
+
+# -- 10. on real QEMU: a port picked for the VM that another process takes meanwhile ---------------
+
+THIEF = (
+    "import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1); "
+    "print(s.getsockname()[1], flush=True); sys.stdin.read()"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_picked_port_another_process_takes_is_picked_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guest = ensure_test_guest()
+    boinc_dir = tmp_path / "boinc"
+    project, slot_dir = boinc_dir / "projects" / "p", boinc_dir / "slots" / "0"
+    project.mkdir(parents=True)
+    slot_dir.mkdir(parents=True)
+    for name, source in {"vmlinuz": guest.kernel, "initrd.img": guest.initrd}.items():
+        os.link(source, project / name)
+        (slot_dir / name).write_text(f"<soft_link>../../projects/p/{name}</soft_link>\n")
+    (slot_dir / "vmctl_job.toml").write_text(
+        f'backend = "qemu"\nkernel = "vmlinuz"\ninitrd = "initrd.img"\ncmdline = "{guest.cmdline}"\n'
+        'memory_mib = 128\nnetwork = true\n[backend_options]\naccel = "tcg"\n[[port_forward]]\nguest_port = 22\n'
+    )
+    thief = subprocess.Popen([sys.executable, "-c", THIEF], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert thief.stdout is not None
+    stolen = int(thief.stdout.readline())
+    picks = iter([stolen])  # the race: the port picked is taken before QEMU binds it
+    monkeypatch.setattr(vmsetup, "free_port", lambda: next(picks, None) or free_port())
+    client = FakeClient(slot_dir, project_dir=str(project), boinc_dir=str(boinc_dir))
+    hv = vmctl.connect("qemu", state_dir=slot_dir / "vm")
+    try:
+        data = read_init_data(slot_dir)
+        adapter = Adapter(
+            Slot(slot_dir),
+            data,
+            load_job(find_job_file(slot_dir)),
+            open_shared_memory(slot_dir, data.shm_key),
+            reap_at_start=False,
+        )
+        assert adapter.start() is None, "the task runs"
+        (vm,) = hv.machines()
+        assert vm.state is vmctl.State.RUNNING
+        assert vm.spec.network is not None
+        (forward,) = vm.spec.network.port_forwards
+        assert forward.host_port != stolen
+    finally:
+        thief.communicate("")
+        client.close()
+        for vm in hv.machines():
+            vm.destroy()

@@ -741,10 +741,13 @@ def test_qemu_killed_while_saving(env: Env, verb: str) -> None:
 # -- a full disk ---------------------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 MiB tmpfs, unmounted afterwards (whatever is still running in it is killed first)."""
+    """A 256 MiB tmpfs, unmounted afterwards (whatever is still running in it is killed first).
+
+    It holds a booted guest's state twice (~80 MiB each: a snapshot in the overlay and a suspend).
+    """
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    with tmpfs(tmp_path / "small", "64m") as mount:
+    with tmpfs(tmp_path / "small", "256m") as mount:
         yield mount
 
 
@@ -779,6 +782,11 @@ def test_disk_full_while_saving_state(env: Env, small_disk: Path) -> None:
     hv = env.connect(small_disk / "state")
     vm = hv.create(env.spec(env.name("full")))
     vm.start()
+    # Until the firmware has loaded the kernel and initrd, the guest's RAM is nearly all zero
+    # pages and its state (under 1 MiB) would fit in the room left below; a booted guest's
+    # (~80 MiB) does not.
+    assert vm.spec.serial_log is not None
+    SerialLogProbe(vm.spec.serial_log).wait_ready(BOOT_TIMEOUT)
     vm.snapshot("good")
     filler = _fill(small_disk, 4 << 20)  # room for records and logs, not for the guest's state
     free = _free(small_disk)
@@ -1106,16 +1114,17 @@ def _assert_qemu_got(vm: vmctl.Machine, spec: vmctl.MachineSpec, pid: int) -> No
     if spec.cmdline:
         assert argv[argv.index("-append") + 1] == spec.cmdline
     if spec.network is not None:
-        wait_until(
-            lambda: (
-                len([c for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN])
-                >= len([f for f in spec.network.port_forwards if f.protocol == "tcp"])
-            ),
-            10,
-            "forwarded ports to listen",
-        )
-        for conn in proc.net_connections("inet"):
+        # QEMU itself, or the passt process that carries its network, listens
+        ports = {f.host_port for f in spec.network.port_forwards if f.protocol == "tcp"}
+
+        def listening() -> list[Any]:
+            conns = psutil.net_connections("inet")
+            return [c for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port in ports]
+
+        wait_until(lambda: {c.laddr.port for c in listening()} >= ports, 10, "forwarded ports to listen")
+        for conn in listening():
             assert conn.laddr.ip == "127.0.0.1", conn
+        assert proc.is_running()
 
 
 @settings(max_examples=200, deadline=None)

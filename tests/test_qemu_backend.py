@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 import vmctl
+from vmctl.display import machine_html
 from vmctl.testguest import TestGuest, ensure_test_guest
 from vmctl_qemu._machine import QemuMachine
 
@@ -148,7 +149,7 @@ def _files(directory: Path) -> dict[str, tuple[int, int]]:
 
 def _reads(vm: vmctl.Machine) -> list[object]:
     """Everything a user or a notebook does that reads the machine."""
-    return [vm.state, repr(vm), vm._repr_html_(), vm.pid, vm.usage(), vm.spec]
+    return [vm.state, repr(vm), machine_html(vm), vm.pid, vm.usage(), vm.spec]
 
 
 def test_reading_the_state_of_a_machine_whose_qemu_died_changes_nothing(tmp_path: Path, guest: TestGuest) -> None:

@@ -168,6 +168,8 @@ class MachineSpec:
     network: Network | None = None
     shared_dirs: Mapping[str, Path] = field(default_factory=dict)
     serial_log: Path | None = None
+    readonly_shares: frozenset[str] = frozenset()
+    """Tags of ``shared_dirs`` the guest may only read (the backend enforces it)."""
 
     def __post_init__(self) -> None:
         self._validate(check_files=True)
@@ -209,6 +211,15 @@ class MachineSpec:
                 raise InvalidSpec("shared_dirs", f"{path} does not exist or is not a directory")
             shared[tag] = path
         object.__setattr__(self, "shared_dirs", shared)
+        if isinstance(self.readonly_shares, (str, bytes)) or not isinstance(
+            self.readonly_shares, (Sequence, frozenset, set)
+        ):
+            raise InvalidSpec("readonly_shares", f"{self.readonly_shares!r} is not a set of share tags")
+        readonly = frozenset(self.readonly_shares)
+        for tag in readonly:
+            if tag not in shared:
+                raise InvalidSpec("readonly_shares", f"{tag!r} is not a tag of shared_dirs")
+        object.__setattr__(self, "readonly_shares", readonly)
         if self.serial_log is not None:
             log = _path(self.serial_log, "serial_log")
             if check_files and not log.parent.is_dir():
@@ -228,6 +239,10 @@ class MachineSpec:
                 value = str(value)
             elif f.name == "shared_dirs":
                 value = {tag: str(path) for tag, path in value.items()}
+            elif f.name == "readonly_shares":
+                if not value:
+                    continue
+                value = sorted(value)
             elif f.name == "network":
                 value = {"port_forwards": [asdict(pf) for pf in value.port_forwards]}
             data[f.name] = value

@@ -47,6 +47,8 @@ STATS = (
 #: Longest a wait sleeps without an event before it reads the state again (a safety net only).
 EVENT_WAIT_CAP = 5.0
 LOCK_DIR = ".vmctl-locks"
+#: libvirt's words when the domain was stopped (by a destroy) while a job of this verb ran
+ENDED_MEANWHILE = "domain is no longer running"
 
 _S = libvirt
 
@@ -124,6 +126,12 @@ class LibvirtMachine(Machine):
                 if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
                     state = self._safe_state()
                     raise InvalidState(self.name, f"{what} ({exc.get_error_message()})", state) from exc
+                if ENDED_MEANWHILE in (exc.get_error_message() or ""):
+                    # Another caller's destroy stops a domain even while this verb's job runs
+                    # (libvirt lets a destroy past any other job): a lost race, not a failure.
+                    state = self._safe_state()
+                    log.info("%s: %s lost a race (now %s): %s", self.name, what, state.value, exc)
+                    raise InvalidState(self.name, f"{what} (another caller stopped it meanwhile)", state) from exc
                 hv.connection.raise_error(exc, what, self.name)
         raise MachineNotFound(self.name, "libvirt")
 

@@ -105,10 +105,14 @@ def domain_xml(spec: MachineSpec, plan: DomainPlan) -> str:
             _sub(store, "backingStore")
         _sub(disk, "target", dev="vda", bus="virtio")
     for tag, directory in spec.shared_dirs.items():
-        fs = _sub(devices, "filesystem", type="mount", accessmode="squash")
+        # "mapped": modes, owners, links and special files the guest makes are metadata
+        # (xattrs) on plain files, never a host symlink, device node or setuid file
+        fs = _sub(devices, "filesystem", type="mount", accessmode="mapped")
         _sub(fs, "driver", type="path")
         _sub(fs, "source", dir=str(directory))
         _sub(fs, "target", dir=tag)
+        if tag in spec.readonly_shares:
+            _sub(fs, "readonly")
     if spec.network is not None:
         nic = _sub(devices, "interface", type="user")
         _sub(nic, "model", type="virtio")

@@ -30,6 +30,8 @@ class _Provider(BackendProvider):
         Option("qemu_img", str, "qemu-img", "the qemu-img executable"),
         Option("machine_type", str, "q35", "QEMU's -machine type"),
         Option("cpu_model", str, None, "QEMU's -cpu model (default: host with KVM, max with TCG)"),
+        Option("passt", str, "passt", "the guests' network without a way to host loopback (\"\": QEMU's, restricted)"),
+        Option("log_max_bytes", int, 16 << 20, "cap of the serial console log and qemu.log (0: none)"),
     )
 
     def open(self, **options: Any) -> Hypervisor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Sequence
@@ -15,6 +16,10 @@ STATE_SOCKET = "state.sock"
 """State and statistics queries, from any process, without the lock."""
 DISK_NODE = "disk0"
 NIC_NETDEV = "net0"
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+"""QEMU's seccomp filter, as libvirt sets it: no obsolete syscalls, no setuid/setgid/capset,
+no fork/exec, no scheduler or affinity changes. Saving to and restoring from a descriptor
+(``fd:``) still works."""
 
 
 def opt(value: str | Path) -> str:
@@ -29,6 +34,23 @@ def resolve_accel(accel: str) -> str:
     return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "tcg"
 
 
+def security_model(directory: str | Path) -> str:
+    """The 9p security model for a share: ``mapped-xattr`` where the host file system keeps
+    ``user.*`` extended attributes, else ``mapped-file``.
+
+    Both keep what the guest sets (modes, owners, symlinks, device nodes, FIFOs) as metadata:
+    on the host every file the guest makes is a plain file or directory owned by the user QEMU
+    runs as, without setuid bits. ``mapped-file`` keeps that metadata in ``.virtfs_metadata``
+    directories inside the share.
+    """
+    try:
+        os.getxattr(directory, "user.vmctl.probe", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return "mapped-file"
+    return "mapped-xattr"
+
+
 def qemu_argv(
     spec: MachineSpec,
     *,
@@ -41,8 +63,12 @@ def qemu_argv(
     incoming: bool = False,
     loadvm: str | None = None,
     cpu_model: str | None = None,
+    net_fd: int | None = None,
     extra: Sequence[str] = (),
 ) -> list[str]:
+    """QEMU's argv. ``net_fd``: the guest's network is passt's socket (see ``_passt``); without
+    it, QEMU's own user network with ``restrict=on``, so the guest cannot reach the host's
+    loopback through the gateway (nor anything else; port forwards still work)."""
     argv = [
         binary,
         "-name", f"guest={opt(spec.name)}",
@@ -52,6 +78,7 @@ def qemu_argv(
         "-smp", str(spec.cpus),
         "-nodefaults", "-no-user-config",
         "-display", "none",
+        "-sandbox", SANDBOX,
         "-chardev", f"socket,id=qmp,path={QMP_SOCKET},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         "-chardev", f"socket,id=qmpstate,path={STATE_SOCKET},server=on,wait=off",
@@ -79,13 +106,13 @@ def qemu_argv(
         }
         argv += ["-blockdev", json.dumps(node), "-device", f"virtio-blk-pci,drive={DISK_NODE},id=vda"]
     if spec.network is not None:
-        netdev = f"user,id={NIC_NETDEV}"
-        for pf in spec.network.port_forwards:
-            netdev += f",hostfwd={pf.protocol}:127.0.0.1:{pf.host_port}-:{pf.guest_port}"
-        argv += ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
+        argv += ["-netdev", netdev_option(spec, net_fd), "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
     for index, (tag, directory) in enumerate(sorted(spec.shared_dirs.items())):
+        fsdev = f"local,id=fs{index},path={opt(directory)},security_model={security_model(directory)}"
+        if tag in spec.readonly_shares:
+            fsdev += ",readonly=on"
         argv += [
-            "-fsdev", f"local,id=fs{index},path={opt(directory)},security_model=none",
+            "-fsdev", fsdev,
             "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
         ]  # fmt: skip
     if incoming:
@@ -94,3 +121,12 @@ def qemu_argv(
         argv += ["-loadvm", loadvm]
     argv += list(extra)
     return argv
+
+
+def netdev_option(spec: MachineSpec, net_fd: int | None) -> str:
+    if net_fd is not None:
+        return f"stream,id={NIC_NETDEV},server=off,addr.type=fd,addr.str={net_fd}"
+    netdev = f"user,id={NIC_NETDEV},restrict=on"
+    for pf in spec.network.port_forwards if spec.network else ():
+        netdev += f",hostfwd={pf.protocol}:127.0.0.1:{pf.host_port}-:{pf.guest_port}"
+    return netdev

@@ -22,6 +22,8 @@ log = logging.getLogger("vmctl.qemu")
 OVERLAY = "disk.qcow2"
 ACCELS = ("auto", "kvm", "tcg", "hvf", "whpx")
 """hvf (macOS) and whpx (Windows) are passed to QEMU as they are; only kvm and tcg are tested."""
+DEFAULT_LOG_MAX_BYTES = 16 << 20
+"""The serial console log and ``qemu.log`` each stay under this while QEMU runs."""
 
 
 class QemuHypervisor(Hypervisor):
@@ -30,7 +32,11 @@ class QemuHypervisor(Hypervisor):
     Options: ``state_dir`` (default ``~/.local/state/vmctl/qemu``, or ``$VMCTL_STATE_DIR/qemu``),
     ``accel`` (``auto``, ``kvm``, ``tcg``, or ``hvf``/``whpx`` for a QEMU on macOS/Windows),
     ``qemu_binary``, ``qemu_img``, ``machine_type``,
-    ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM).
+    ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM), ``passt`` (the program
+    that gives guests their network without a way to the host's loopback; where it is not
+    installed, or ``passt=""``, QEMU's own user network runs restricted: port forwards work
+    but the guest reaches nothing), ``log_max_bytes`` (the serial console log and ``qemu.log``
+    each keep only their newest part past this size; default 16 MiB, 0: no cap).
     Any process opening the same ``state_dir`` sees and controls the same machines.
     """
 
@@ -44,6 +50,8 @@ class QemuHypervisor(Hypervisor):
         qemu_img: str = "qemu-img",
         machine_type: str = "q35",
         cpu_model: str | None = None,
+        passt: str = "passt",
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         if accel not in ACCELS:
             raise InvalidSpec("accel", f"{accel!r} is not one of {', '.join(ACCELS)}")
@@ -55,6 +63,10 @@ class QemuHypervisor(Hypervisor):
         self.qemu_img = qemu_img
         self.machine_type = machine_type
         self.cpu_model = cpu_model
+        self.passt = passt
+        if isinstance(log_max_bytes, bool) or not isinstance(log_max_bytes, int) or log_max_bytes < 0:
+            raise InvalidSpec("log_max_bytes", f"{log_max_bytes!r} is not a byte count (0: no cap)")
+        self.log_max_bytes = log_max_bytes
         self.store = MachineStore(Path(state_dir) if state_dir is not None else default_state_dir("qemu"), "qemu")
         self.store.sweep()
         self._sweep_deleted()

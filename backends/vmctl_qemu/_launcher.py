@@ -28,6 +28,7 @@ from vmctl.errors import BackendError, OperationTimeout
 
 from . import _qmp
 from ._command import QMP_SOCKET, STATE_SOCKET, qemu_argv
+from ._passt import find_passt, start_passt
 
 if TYPE_CHECKING:
     from ._machine import QemuMachine
@@ -118,6 +119,26 @@ def launch(
     for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json"):
         with contextlib.suppress(FileNotFoundError):
             (vm.dir / stale).unlink()
+    passt_binary = find_passt(hv.passt) if vm.spec.network is not None else None
+    if vm.spec.network is not None and passt_binary is None:
+        log.info("%s: no passt: QEMU's user network runs restricted (forwards only, no way out)", vm.name)
+    with contextlib.ExitStack() as stack:
+        net_fd = None
+        if passt_binary is not None and vm.spec.network is not None:
+            with open(vm.dir / "qemu.log", "ab") as passt_log:
+                passt, qemu_end = start_passt(passt_binary, vm.spec.network, passt_log)
+            threading.Thread(target=passt.wait, name=f"vmctl-reap-{passt.pid}", daemon=True).start()
+            stack.callback(qemu_end.close)
+            net_fd = qemu_end.fileno()
+        keeper, argv, run_id, previous = _start_keeper(vm, rec, incoming, loadvm, net_fd)
+    threading.Thread(target=keeper.wait, name=f"vmctl-reap-{keeper.pid}", daemon=True).start()
+    _wait_started(vm, keeper, argv, run_id, previous, timeout)
+
+
+def _start_keeper(
+    vm: QemuMachine, rec: dict[str, Any], incoming: bool, loadvm: str | None, net_fd: int | None
+) -> tuple[subprocess.Popen[bytes], list[str], str, dict[str, Any]]:
+    hv = vm.hypervisor
     argv = qemu_argv(
         vm.spec,
         binary=hv.qemu_binary,
@@ -129,6 +150,7 @@ def launch(
         incoming=incoming,
         loadvm=loadvm,
         cpu_model=hv.cpu_model,
+        net_fd=net_fd,
     )
     run_id = uuid.uuid4().hex
     previous = {"status": rec.get("status"), "run_id": rec.get("run_id")}
@@ -139,15 +161,33 @@ def launch(
     with open(vm.dir / "qemu.log", "ab") as err:
         err.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id}: {' '.join(argv)}\n".encode())
         err.flush()
-        keeper = subprocess.Popen(
-            [sys.executable, KEEPER_SCRIPT, str(vm.dir), run_id, "--", *argv],
-            cwd=vm.dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,  # the VM outlives this process and its terminal
-        )
-    threading.Thread(target=keeper.wait, name=f"vmctl-reap-{keeper.pid}", daemon=True).start()
+        keeper_options = ["--pass-fd", str(net_fd)] if net_fd is not None else []
+        if hv.log_max_bytes:
+            keeper_options += ["--log-cap", str(hv.log_max_bytes), "--log", str(vm.serial_log)]
+        try:
+            keeper = subprocess.Popen(
+                [sys.executable, KEEPER_SCRIPT, str(vm.dir), run_id, *keeper_options, "--", *argv],
+                cwd=vm.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                pass_fds=[net_fd] if net_fd is not None else [],
+                start_new_session=True,  # the VM outlives this process and its terminal
+            )
+        except BaseException:
+            vm._update(**previous)
+            raise
+    return keeper, argv, run_id, previous
+
+
+def _wait_started(
+    vm: QemuMachine,
+    keeper: subprocess.Popen[bytes],
+    argv: list[str],
+    run_id: str,
+    previous: dict[str, Any],
+    timeout: float,
+) -> None:
     deadline = time.monotonic() + timeout
     pauses = _qmp.backoff()
     while True:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import psutil
 
 from vmctl.backend.locking import lock_held
-from vmctl.backend.records import spec_from_record
+from vmctl.backend.records import inside, spec_from_record
 from vmctl.backend.store import LOCK
 from vmctl.backend.tools import run_tool
 from vmctl.backend.usage import usage_of_process
@@ -209,7 +209,11 @@ class QemuMachine(Machine):
         disk = rec.get("disk")
         if disk is None:
             return None
-        return self.dir / disk if not os.path.isabs(disk) else Path(disk)
+        # the record may have been edited: its disk is the machine's own overlay or the base
+        # image the spec declares (overlay=False), nothing else
+        if self.spec.disk is not None and not self.spec.overlay and disk == str(self.spec.disk):
+            return self.spec.disk
+        return inside(self.dir, disk, "disk")
 
     # -- reading the state (never changes anything) ------------------------------------------
     def _process(self, rec: dict[str, Any]) -> psutil.Process | None:

@@ -26,6 +26,10 @@ __all__ = ["VirtualBoxHypervisor", "open_hypervisor"]
 log = logging.getLogger("vmctl.virtualbox")
 
 
+SYMLINKS_KEY = "VBoxInternal2/SharedFoldersEnableSymlinksCreate/"
+"""Per shared folder; symlink creation by the guest stays off."""
+
+
 class VirtualBoxHypervisor(Hypervisor):
     """VirtualBox through one :class:`Transport`; machines live in ``base_folder/<name>/``."""
 
@@ -70,7 +74,9 @@ class VirtualBoxHypervisor(Hypervisor):
             )
             t.attach_disk(spec.name, spec.disk, multiattach=spec.overlay)
             for tag, path in spec.shared_dirs.items():
-                t.add_shared_folder(spec.name, tag, path)
+                t.add_shared_folder(spec.name, tag, path, readonly=tag in spec.readonly_shares)
+                # VirtualBox creates host symlinks for the guest only where this key is "1"
+                t.set_extradata(spec.name, SYMLINKS_KEY + tag, "0")
             t.set_extradata(spec.name, SPEC_KEY, dump(spec.to_dict()))
         except BaseException:
             log.warning("%s: creation failed; removing the half-made VM", spec.name)

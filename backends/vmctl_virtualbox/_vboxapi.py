@@ -250,9 +250,9 @@ class VBoxApiTransport(Transport):
             s.machine.detachDevice(CONTROLLER, 0, 0)
             s.machine.saveSettings()
 
-    def add_shared_folder(self, vm: str, tag: str, path: Path) -> None:
+    def add_shared_folder(self, vm: str, tag: str, path: Path, *, readonly: bool = False) -> None:
         with self._session(vm, write=True, verb="create") as s:
-            s.machine.createSharedFolder(tag, str(path), True, False, "")
+            s.machine.createSharedFolder(tag, str(path), not readonly, False, "")
             s.machine.saveSettings()
 
     def get_extradata(self, vm: str, key: str) -> str | None:

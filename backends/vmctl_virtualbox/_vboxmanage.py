@@ -245,8 +245,11 @@ class VBoxManageTransport(Transport):
         args = ["storageattach", vm, "--storagectl", CONTROLLER, "--port", "0", "--device", "0", "--medium", "none"]
         self.run(args, machine=vm, verb="destroy")
 
-    def add_shared_folder(self, vm: str, tag: str, path: Path) -> None:
-        self.run(["sharedfolder", "add", vm, "--name", tag, "--hostpath", str(path)], machine=vm, verb="create")
+    def add_shared_folder(self, vm: str, tag: str, path: Path, *, readonly: bool = False) -> None:
+        args = ["sharedfolder", "add", vm, "--name", tag, "--hostpath", str(path)]
+        if readonly:
+            args.append("--readonly")
+        self.run(args, machine=vm, verb="create")
 
     def get_extradata(self, vm: str, key: str) -> str | None:
         return parse_extradata_value(self.run(["getextradata", vm, key], machine=vm).stdout)

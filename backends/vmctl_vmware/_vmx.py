@@ -149,7 +149,7 @@ def apply_spec(vmx: VmxFile, spec: MachineSpec) -> None:
                 ("present", "TRUE"),
                 ("enabled", "TRUE"),
                 ("readAccess", "TRUE"),
-                ("writeAccess", "TRUE"),
+                ("writeAccess", "FALSE" if tag in spec.readonly_shares else "TRUE"),
                 ("hostPath", str(directory)),
                 ("guestName", tag),
                 ("expiration", "never"),

@@ -1,110 +1,46 @@
-"""Runs every test in this directory once per backend harness.
+"""Registers vmctl's own contract harnesses (``harness_*.py``, each with a module-level
+``HARNESSES`` list) with the contract suite's pytest plugin (vmctl.testing.plugin).
 
-Harnesses are found in ``harness_*.py`` modules (each defines ``HARNESSES``, a list of Harness
-classes). ``VMCTL_CONTRACT=qemu,memory`` limits the run to those harness ids. A harness that is
-requested but cannot set up fails the run: it is never skipped silently.
+The harnesses live here, not in the backend packages, because they need what only the source tree
+has: the simulators under tests/simulators, vcsim, tests/services.py. They are registered by this
+conftest rather than one at the root so that they never leak into another project's run of the
+suite through an editable install of vmctl (pytest loads the conftests above the suite's
+directory). Run them with ``pytest tests/contract``; ``--vmctl-backend=qemu,memory`` (or
+``VMCTL_CONTRACT=qemu,memory``) limits a run to those. A harness that is requested but cannot set
+up fails the run: it is never skipped silently.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-import itertools
-import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-import vmctl
+from vmctl.testing import Harness
 
-from .harness import Harness
-
-_HERE = Path(__file__).parent
+CONTRACT_TESTS = Path(__file__).parent
 
 
-def _harness_classes() -> dict[str, type[Harness]]:
-    found: dict[str, type[Harness]] = {}
-    for module_file in sorted(_HERE.glob("harness_*.py")):
+@functools.cache
+def harness_classes() -> tuple[type[Harness], ...]:
+    """vmctl's harnesses, imported on first use (not in runs that need none)."""
+    found: list[type[Harness]] = []
+    for module_file in sorted(CONTRACT_TESTS.glob("harness_*.py")):
         module = importlib.import_module(f"tests.contract.{module_file.stem}")
-        for cls in getattr(module, "HARNESSES", []):
-            found[cls.id] = cls
-    wanted = os.environ.get("VMCTL_CONTRACT")
-    if wanted:
-        ids = [w.strip() for w in wanted.split(",") if w.strip()]
-        missing = set(ids) - set(found)
-        if missing:
-            raise pytest.UsageError(f"VMCTL_CONTRACT names unknown harnesses: {sorted(missing)}")
-        return {i: found[i] for i in ids}
-    return found
+        found += getattr(module, "HARNESSES", [])
+    return tuple(found)
 
 
-HARNESS_CLASSES = _harness_classes()
-
-
-_NO_HARNESS: set[str] = set()
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "harness" not in metafunc.fixturenames:
-        return
-    marker = metafunc.definition.get_closest_marker("needs")
-    ids = list(HARNESS_CLASSES)
-    if marker is not None:
-        ids = [i for i in ids if all(getattr(HARNESS_CLASSES[i], attr) for attr in marker.args)]
-    if not ids:
-        _NO_HARNESS.add(metafunc.definition.nodeid)
-        return
-    metafunc.parametrize("harness", ids, indirect=True, scope="session")
+@pytest.hookimpl(optionalhook=True)
+def pytest_vmctl_harnesses(config: pytest.Config) -> list[type[Harness]]:
+    return list(harness_classes())
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs(*attrs): only for harnesses whose attributes are all true")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    keep = [item for item in items if item.nodeid not in _NO_HARNESS]
-    dropped = [item for item in items if item.nodeid in _NO_HARNESS]
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
-
-
-_instances: dict[str, Harness] = {}
-
-
-@pytest.fixture(scope="session")
-def harness(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
-    hid = request.param
-    if hid not in _instances:
-        h = HARNESS_CLASSES[hid]()
-        h.setup(tmp_path_factory.mktemp(f"harness-{hid}"))
-        _instances[hid] = h
-        request.session.config.add_cleanup(h.teardown)
-    yield _instances[hid]
-
-
-@pytest.fixture
-def hv(harness: Harness) -> vmctl.Hypervisor:
-    return harness.connect()
-
-
-_counter = itertools.count(1)
-
-
-@pytest.fixture
-def make_vm(harness: Harness, hv: vmctl.Hypervisor) -> Iterator[Callable[..., vmctl.Machine]]:
-    """Create machines with unique names; destroy them after the test whatever happened."""
-    made: list[str] = []
-
-    def make(network: bool = False, ignore_power_button: bool = False) -> vmctl.Machine:
-        name = f"ct{os.getpid() % 10000}-{next(_counter)}"
-        vm = hv.create(harness.spec(name, network=network, ignore_power_button=ignore_power_button))
-        made.append(name)
-        return vm
-
-    yield make
-    for name in made:
-        try:
-            hv.machine(name).destroy()
-        except vmctl.MachineNotFound:
-            pass
+    if not config.pluginmanager.has_plugin("vmctl"):
+        raise pytest.UsageError(
+            "vmctl's pytest plugin is not registered: reinstall vmctl (pip install -e .) so that its "
+            "pytest11 entry point is installed, or do not disable it with -p no:vmctl"
+        )

@@ -12,10 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 import vmctl
+from vmctl.testing import GuestProbe, Harness, SerialLogProbe
 from vmctl.tools import run_tool
-
-from .harness import GuestProbe, Harness
-from .serial_probe import SerialLogProbe
 
 #: Where the test guest is copied so that libvirt's QEMU user (libvirt-qemu) can read it.
 GUEST_IMAGE_ROOT = Path("/var/lib/libvirt/images/vmctl-testguest")
@@ -88,6 +86,7 @@ class LibvirtTestDriverHarness(Harness):
     """``test:///default``: libvirt's in-process mock driver. Fast, no daemon, no guest."""
 
     id = "libvirt-test"
+    backend = "libvirt"
     guest_view = False
     can_ignore_power_button = False
     can_crash = False
@@ -131,6 +130,7 @@ class LibvirtQemuHarness(Harness):
     """``qemu:///system`` on a real libvirtd (started if needed), TCG guests of vmctl.testguest."""
 
     id = "libvirt-qemu"
+    backend = "libvirt"
     boot_timeout = 60
     multi_process = True
     real_guest = True

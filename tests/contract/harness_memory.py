@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import vmctl
+from vmctl.testing import GuestProbe, Harness
 from vmctl_memory import MemoryMachine
-
-from .harness import GuestProbe, Harness
 
 
 class MemoryProbe(GuestProbe):
@@ -33,6 +32,7 @@ class MemoryProbe(GuestProbe):
 
 class MemoryHarness(Harness):
     id = "memory"
+    backend = "memory"
     boot_timeout = 5
     multi_process = False
     real_guest = False

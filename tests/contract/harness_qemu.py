@@ -11,13 +11,12 @@ import psutil
 
 import vmctl
 from vmctl.testguest import ensure_test_guest
-
-from .harness import GuestProbe, Harness
-from .serial_probe import SerialLogProbe
+from vmctl.testing import GuestProbe, Harness, SerialLogProbe
 
 
 class QemuHarness(Harness):
     id = "qemu"
+    backend = "qemu"
     boot_timeout = 90
 
     def setup(self, tmp: Path) -> None:

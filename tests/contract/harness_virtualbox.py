@@ -19,8 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import vmctl
-
-from .harness import GuestProbe, Harness, SimulatedGuestProbe
+from vmctl.testing import GuestProbe, Harness, SimulatedGuestProbe
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "simulators" / "vboxmanage_sim.py"
 
@@ -65,6 +64,7 @@ class SimGuestProbe(SimulatedGuestProbe):
 
 class VirtualBoxSimHarness(Harness):
     id = "virtualbox-sim"
+    backend = "virtualbox"
     boot_timeout = 15
     multi_process = True
     real_guest = False

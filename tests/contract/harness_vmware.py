@@ -21,8 +21,7 @@ from typing import Any
 import psutil
 
 import vmctl
-
-from .harness import GuestProbe, Harness, SimulatedGuestProbe, wait_until
+from vmctl.testing import GuestProbe, Harness, SimulatedGuestProbe, wait_until
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "simulators" / "vmrun_sim.py"
 
@@ -98,6 +97,7 @@ class SimProbe(SimulatedGuestProbe):
 
 class VmwareSimHarness(Harness):
     id = "vmware-sim"
+    backend = "vmware"
     product = "ws"
     boot_timeout = 15
     multi_process = True

@@ -19,9 +19,9 @@ import pytest
 from pyVmomi import vim
 
 import vmctl
+from vmctl.testing import GuestProbe, Harness
 
 from ..vcsim import Vcsim
-from .harness import GuestProbe, Harness
 
 NO_GUEST = "vcsim runs no guest: {} cannot be observed"
 
@@ -88,6 +88,7 @@ def set_tools_running(vm: vmctl.Machine, status: str = "guestToolsRunning") -> N
 
 class VsphereVcsimHarness(Harness):
     id = "vsphere-vcsim"
+    backend = "vsphere"
     boot_timeout = 10
     multi_process = True
     real_guest = False

@@ -1090,7 +1090,7 @@ def cmd_sharedfolder(reg: Registry, args: list[str], out: list[str]) -> None:
                 "ISharedFolder",
                 "CreateSharedFolder(...)",
             )
-        m["shared"].append({"name": opts["--name"], "path": opts["--hostpath"]})
+        m["shared"].append({"name": opts["--name"], "path": opts["--hostpath"], "writable": "--readonly" not in opts})
     else:
         m["shared"] = [s for s in m["shared"] if s["name"] != opts.get("--name")]
     save_settings(m)

@@ -119,9 +119,9 @@ class GuestFiles:
     def shared_path(self) -> Path | None:
         """The directory shared with the guest, or None if the job shares none."""
         job, slot = self._task.job, self._task.slot
-        if job.share_slot_dir:
-            return slot.path
-        if job.shared_dir:
+        # share_slot_dir shares a dedicated subdirectory, never the slot itself: the slot holds
+        # the client's files, the console log and the VM's state directory (issue 13, attack 3)
+        if job.share_slot_dir or job.shared_dir:
             return slot.path / job.shared_tag
         return None
 

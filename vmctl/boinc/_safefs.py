@@ -143,10 +143,53 @@ def _why(mode: int) -> str:
     return "not a regular file"
 
 
-def _checked(fd: int, name: str) -> os.stat_result:
+#: Where QEMU's 9p ``mapped-xattr`` model keeps the mode the guest gave a file (a little-endian
+#: 32-bit ``mode_t``): a guest's symlink, FIFO or device node is a regular file on the host.
+GUEST_MODE_XATTR = "user.virtfs.mode"
+
+
+def _guest_mode(fd: int) -> int | None:
+    """The file type and mode the guest recorded for ``fd`` through a mapped 9p share, if any."""
+    try:
+        raw = os.getxattr(f"/proc/self/fd/{fd}", GUEST_MODE_XATTR)
+    except OSError:
+        return None
+    return int.from_bytes(raw[:4], "little") if len(raw) >= 4 else None
+
+
+#: Where QEMU's 9p ``mapped-file`` model keeps it instead: ``virtfs.mode=N`` in a file of this
+#: directory, next to the file, named as the file (the guest cannot see or write it).
+GUEST_METADATA_DIR = ".virtfs_metadata"
+
+
+def _guest_mode_file(dir_fd: int, name: str) -> int | None:
+    *parents, last = name.split("/")
+    try:
+        fd = open_beneath(dir_fd, "/".join([*parents, GUEST_METADATA_DIR, last]), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 4096).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "virtfs.mode" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def _checked(fd: int, name: str, dir_fd: int | None = None) -> os.stat_result:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeFile(errno.EINVAL, _why(st.st_mode), name)
+    mode = _guest_mode(fd)
+    if mode is None and dir_fd is not None:
+        mode = _guest_mode_file(dir_fd, name)
+    if mode is not None and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        raise UnsafeFile(errno.EINVAL, _why(mode) + " made by the guest", name)
     return st
 
 
@@ -171,12 +214,12 @@ def _open_regular(root: Path, name: str, *, use_openat2: bool = True) -> Iterato
     with _directory(root) as dir_fd:
         probe = _probe(dir_fd, name, use_openat2)
         try:
-            first = _checked(probe, name)
+            first = _checked(probe, name, dir_fd)
         finally:
             os.close(probe)
         fd = open_beneath(dir_fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, use_openat2=use_openat2)
         try:
-            st = _checked(fd, name)
+            st = _checked(fd, name, dir_fd)
             if (st.st_dev, st.st_ino) != (first.st_dev, first.st_ino):
                 raise UnsafeFile(errno.EAGAIN, "replaced while being opened", name)
             yield fd, st
@@ -190,7 +233,7 @@ def stat_beneath(root: Path, name: str, *, use_openat2: bool = True) -> os.stat_
     with _directory(root) as dir_fd:
         fd = _probe(dir_fd, name, use_openat2)
         try:
-            return _checked(fd, name)
+            return _checked(fd, name, dir_fd)
         finally:
             os.close(fd)
 

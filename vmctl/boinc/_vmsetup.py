@@ -152,10 +152,13 @@ def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
             log.info("guest port %d is reachable at 127.0.0.1:%d", pf.guest_port, pf.host_port)
         network = vmctl.Network(port_forwards=forwards)
     shared: dict[str, Path] = {}
+    readonly: set[str] = set()
     if shared_path is not None:
         shared[job.shared_tag] = shared_path
     if job.share_project_dir and init.project_dir:
+        # read-only: the client runs the project's programs and later tasks use its images
         shared["project"] = Path(init.project_dir)
+        readonly.add("project")
     if job.scratch_dir and init.project_dir:
         shared["scratch"] = Path(init.project_dir) / "scratch"
     try:
@@ -170,6 +173,7 @@ def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
             cmdline=job.cmdline,
             network=network,
             shared_dirs=shared,
+            readonly_shares=frozenset(readonly),
             serial_log=task.slot.path / CONSOLE_LOG,
         )
     except vmctl.InvalidSpec as exc:

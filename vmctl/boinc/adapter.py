@@ -45,6 +45,7 @@ from vmctl.boinc import reaper
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cputime import CpuTime
+from vmctl.boinc._diskuse import DiskBound, vm_file_roots
 from vmctl.boinc._endings import Endings
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
@@ -106,6 +107,8 @@ POLL_INTERVAL = 0.1
 STATUS_INTERVAL = 1.0
 HEARTBEAT_TIMEOUT = 30.0
 STATUS_LOG_INTERVAL = 3600.0
+PORT_PICKS = 5
+"""Boots of a new VM tried with freshly picked ports when another process took one."""
 
 
 class Adapter:
@@ -161,6 +164,7 @@ class Adapter:
         self._status = StatusReports(shm, self._task, self._cpu, self._files, self._policy)
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
+        self._disk = DiskBound(vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now)
 
         # what the client said
         self.suspended = False
@@ -323,11 +327,31 @@ class Adapter:
             if task.state.booted:
                 log.warning("the VM %s of this task is gone; starting its work afresh", task.vm_name)
             self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
-        self._bring_up()
+            self._first_boot(hv)
+        else:
+            self._bring_up()
         self._checkpoints.prune(self._policy.machine)
         self._status.send()
         # Booting or restoring may take long; heartbeat silence counts from now.
         self._last_heartbeat = self.clock()
+
+    def _first_boot(self, hv: vmctl.Hypervisor) -> None:
+        """Boot a new VM; a port picked for it (``host_port = 0``) that another process took
+        meanwhile is picked again, with a new VM (the backend refuses with EADDRINUSE)."""
+        task = self._task
+        for attempt in range(1, PORT_PICKS + 1):
+            try:
+                self._policy.bring_up(vmctl.State.STOPPED)
+                return
+            except Trouble as trouble:
+                cause = trouble.__cause__
+                auto = any(pf.host_port == 0 for pf in task.job.port_forwards)
+                taken = isinstance(cause, vmctl.BackendError) and cause.native == "EADDRINUSE"
+                if not (auto and taken) or attempt == PORT_PICKS:
+                    raise
+                log.warning("a port picked for the VM was taken by another process; picking again (%s)", cause)
+                self._policy.machine.destroy()
+                self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
 
     def _bring_up(self) -> None:
         """Finish if the guest did so while no adapter was watching; otherwise get the VM RUNNING."""
@@ -417,6 +441,7 @@ class Adapter:
             self._endings.save_and_exit(
                 f"no heartbeat from the BOINC client for {HEARTBEAT_TIMEOUT:.0f} s", temporary=True
             )
+        self._disk.check(now)
         state = self._policy.read_state()
         if state is None or not self._suspension.reconcile(state, now, self.suspended):
             return

@@ -119,7 +119,7 @@ class FakeClient:
         add("rsc_fpops_est", 1e12)
         add("rsc_fpops_bound", 1e15)
         add("rsc_memory_bound", 2e9)
-        add("rsc_disk_bound", 1e9)
+        add("rsc_disk_bound", float(f.get("rsc_disk_bound", 1e9)))
         add("computation_deadline", 0.0)
         host = ET.SubElement(root, "host_info")
         host.text = "\n"

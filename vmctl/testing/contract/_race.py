@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import vmctl
-
-from .harness import Harness
+from vmctl.testing._harness import Harness
 
 #: how far ahead of now the two callers are told to begin (both have read the order by then)
 LEAD = 0.03
@@ -61,7 +60,7 @@ def call(vm: vmctl.Machine, verb: str, at: float) -> list[Any]:
 
 
 class ProcessCaller:
-    def __init__(self, harness: Harness, name: str, root: Path) -> None:
+    def __init__(self, harness: Harness, name: str, cwd: Path | None = None) -> None:
         code = harness.connect_code() + f"NAME = {name!r}\n" + textwrap.dedent(WORKER)
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code],
@@ -69,7 +68,7 @@ class ProcessCaller:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=root,
+            cwd=cwd,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
