@@ -80,6 +80,9 @@ class BoincPeer:
     """Open name -> file: the job file, disk image, kernel, ... (linked into the project dir)."""
     tasks: Sequence[Task]
     leave_apps_in_memory: bool = True
+    app_dir: Path | None = None
+    """A directory ``vmctl-boinc package`` wrote (its app name and version must be APP and 100);
+    None: a wrapper script running this interpreter's ``python -m vmctl.boinc``."""
     checkpoint_period: float = 60.0
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
@@ -114,52 +117,10 @@ class BoincPeer:
         _el(account, "project_name", "probe")
         _write_xml(self.data / f"account_{PROJECT}.xml", account)
 
-        app = self.project_dir / APP_FILE
-        app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vmctl.boinc "$@"\n')
-        app.chmod(0o755)
-        physical: dict[str, str] = {}
-        for open_name, source in self.app_files.items():
-            name = f"v1_{open_name}"
-            target = self.project_dir / name
-            if Path(source).stat().st_size > 1 << 20:
-                # A base image is never copied. Not a symlink: vmctl-boinc refuses project files
-                # that lead out of the project directory.
-                try:
-                    os.link(Path(source).resolve(), target)
-                except OSError:
-                    shutil.copyfile(source, target)
-            else:
-                shutil.copyfile(source, target)
-            physical[open_name] = name
-
-        info = ET.Element("app_info")
-        a = _el(info, "app")
-        _el(a, "name", APP)
-        _el(a, "user_friendly_name", APP)
-        f = _el(info, "file")
-        _el(f, "name", APP_FILE)
-        _el(f, "executable")
-        for name in physical.values():
-            _el(_el(info, "file"), "name", name)
-        av = _el(info, "app_version")
-        for tag, text in (
-            ("app_name", APP),
-            ("version_num", 100),
-            ("platform", PLATFORM),
-            ("api_version", "7.20.0"),
-            ("avg_ncpus", 1),
-            ("max_ncpus", 1),
-            ("flops", "1e9"),
-        ):
-            _el(av, tag, text)
-        ref = _el(av, "file_ref")
-        _el(ref, "file_name", APP_FILE)
-        _el(ref, "main_program")
-        for open_name, name in physical.items():
-            ref = _el(av, "file_ref")
-            _el(ref, "file_name", name)
-            _el(ref, "open_name", open_name)
-        _write_xml(self.project_dir / "app_info.xml", info)
+        if self.app_dir is not None:
+            self._install_app_dir(self.app_dir)
+        else:
+            self._write_wrapper_app()
 
         state = ET.Element("client_state")
         p = _el(state, "project")
@@ -226,6 +187,66 @@ class BoincPeer:
         self.write_prefs()
         (self.data / "gui_rpc_auth.cfg").write_text(self.password)
         return self
+
+    def _install_app_dir(self, app_dir: Path) -> None:
+        """What ``vmctl-boinc package`` wrote: its files and its app_info.xml (not version.xml,
+        which is the project server's)."""
+        for source in app_dir.iterdir():
+            if source.name == "version.xml" or not source.is_file():
+                continue
+            target = self.project_dir / source.name
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+    def _write_wrapper_app(self) -> None:
+        app = self.project_dir / APP_FILE
+        app.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m vmctl.boinc "$@"\n')
+        app.chmod(0o755)
+        physical: dict[str, str] = {}
+        for open_name, source in self.app_files.items():
+            name = f"v1_{open_name}"
+            target = self.project_dir / name
+            if Path(source).stat().st_size > 1 << 20:
+                # A base image is never copied. Not a symlink: vmctl-boinc refuses project files
+                # that lead out of the project directory.
+                try:
+                    os.link(Path(source).resolve(), target)
+                except OSError:
+                    shutil.copyfile(source, target)
+            else:
+                shutil.copyfile(source, target)
+            physical[open_name] = name
+
+        info = ET.Element("app_info")
+        a = _el(info, "app")
+        _el(a, "name", APP)
+        _el(a, "user_friendly_name", APP)
+        f = _el(info, "file")
+        _el(f, "name", APP_FILE)
+        _el(f, "executable")
+        for name in physical.values():
+            _el(_el(info, "file"), "name", name)
+        av = _el(info, "app_version")
+        for tag, text in (
+            ("app_name", APP),
+            ("version_num", 100),
+            ("platform", PLATFORM),
+            ("api_version", "7.20.0"),
+            ("avg_ncpus", 1),
+            ("max_ncpus", 1),
+            ("flops", "1e9"),
+        ):
+            _el(av, tag, text)
+        ref = _el(av, "file_ref")
+        _el(ref, "file_name", APP_FILE)
+        _el(ref, "main_program")
+        for open_name, name in physical.items():
+            ref = _el(av, "file_ref")
+            _el(ref, "file_name", name)
+            _el(ref, "open_name", open_name)
+        _write_xml(self.project_dir / "app_info.xml", info)
 
     def write_prefs(self) -> None:
         """``global_prefs_override.xml`` from the peer's settings (``--read_global_prefs_override``

@@ -25,7 +25,7 @@ class _Provider(BackendProvider):
     )
     options = (
         Option("state_dir", (str, os.PathLike), None, "where machines live (default: $VMCTL_STATE_DIR/qemu)"),
-        Option("accel", str, "auto", '"kvm", "tcg" or "auto" (KVM if /dev/kvm is usable)'),
+        Option("accel", str, "auto", '"kvm", "tcg", "hvf", "whpx" or "auto" (KVM if /dev/kvm is usable)'),
         Option("qemu_binary", str, "qemu-system-x86_64", "the QEMU executable"),
         Option("qemu_img", str, "qemu-img", "the qemu-img executable"),
         Option("machine_type", str, "q35", "QEMU's -machine type"),

@@ -20,7 +20,8 @@ from ._command import resolve_accel
 log = logging.getLogger("vmctl.qemu")
 
 OVERLAY = "disk.qcow2"
-ACCELS = ("auto", "kvm", "tcg")
+ACCELS = ("auto", "kvm", "tcg", "hvf", "whpx")
+"""hvf (macOS) and whpx (Windows) are passed to QEMU as they are; only kvm and tcg are tested."""
 DEFAULT_LOG_MAX_BYTES = 16 << 20
 """The serial console log and ``qemu.log`` each stay under this while QEMU runs."""
 
@@ -29,7 +30,8 @@ class QemuHypervisor(Hypervisor):
     """Machines run by QEMU processes, recorded under ``state_dir``.
 
     Options: ``state_dir`` (default ``~/.local/state/vmctl/qemu``, or ``$VMCTL_STATE_DIR/qemu``),
-    ``accel`` (``auto``, ``kvm`` or ``tcg``), ``qemu_binary``, ``qemu_img``, ``machine_type``,
+    ``accel`` (``auto``, ``kvm``, ``tcg``, or ``hvf``/``whpx`` for a QEMU on macOS/Windows),
+    ``qemu_binary``, ``qemu_img``, ``machine_type``,
     ``cpu_model`` (default: ``max`` under TCG, QEMU's default under KVM), ``passt`` (the program
     that gives guests their network without a way to the host's loopback; where it is not
     installed, or ``passt=""``, QEMU's own user network runs restricted: port forwards work

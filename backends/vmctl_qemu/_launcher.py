@@ -35,8 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmctl.qemu")
 
+#: The word a frozen vmctl (``vmctl-boinc bundle``), which is its own interpreter, takes as
+#: "run the keeper"; a path would name a file in the bundle's per-run unpacking directory.
+FROZEN_KEEPER = "vmctl-qemu-keeper"
 #: run as a script (not with -m): importing the vmctl_qemu package would add 40 ms to every start
-KEEPER_SCRIPT = str(Path(__file__).resolve().with_name("_keeper.py"))
+KEEPER_SCRIPT = (
+    FROZEN_KEEPER if getattr(sys, "frozen", False) else str(Path(__file__).resolve().with_name("_keeper.py"))
+)
 SAVED_STATE = "state.bin"
 PARTIAL_STATE = SAVED_STATE + ".tmp"
 

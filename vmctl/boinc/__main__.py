@@ -2,7 +2,10 @@
 
 Started by the client with the slot directory as its working directory, it runs the task's VM
 until the task is done, quits, is aborted or must wait. ``vmctl-boinc --reap`` removes the VMs
-of tasks that no longer exist.
+of tasks that no longer exist; ``vmctl-boinc --backends`` lists the backends and whether they
+are usable here. ``vmctl-boinc bundle --out DIR`` freezes it into one executable (see
+:mod:`vmctl.boinc.bundle`); ``vmctl-boinc package`` writes a job's app version (see
+:mod:`vmctl.boinc.package`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+import vmctl
 from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import HostConfigError, load_host_config
@@ -76,7 +80,100 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nthreads", type=float, help="virtual CPUs (overrides the job file, as for vboxwrapper)")
     p.add_argument("--memory_size_mb", type=int, help="VM memory in MiB (overrides the job file)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {vmctl.__version__}")
+    p.add_argument("--backends", action="store_true", help="list the backends and whether they are usable, then exit")
     return p
+
+
+def _bundle_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmctl-boinc bundle", description="Freeze vmctl-boinc into one self-contained executable DIR/vmctl-boinc."
+    )
+    p.add_argument("--out", type=Path, required=True, help="the directory to write vmctl-boinc into")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _bundle(arguments: Sequence[str]) -> int:
+    from vmctl.boinc.bundle import BundleError, build_bundle
+
+    args = _bundle_parser().parse_args(arguments)
+    setup_logging(args.verbose)
+    try:
+        build_bundle(args.out)
+    except BundleError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _package_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmctl-boinc package",
+        description="Write the app version directory of a job (version.xml, the bundle as main program, "
+        "the job's files) and a matching anonymous-platform app_info.xml.",
+    )
+    p.add_argument("--job", type=Path, required=True, help="the job file (vmctl_job.toml)")
+    p.add_argument("--image", type=Path, help="the disk image (its logical name: the job's image)")
+    p.add_argument(
+        "--file", action="append", default=[], metavar="NAME=PATH", help="another file the job opens (kernel, ...)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the directory to write")
+    p.add_argument("--bundle", type=Path, help="an existing frozen vmctl-boinc (default: build one)")
+    p.add_argument("--app", default="vmctl", help="the app's name (default: vmctl)")
+    p.add_argument("--version-num", type=int, default=100, help="the app version number (default: 100)")
+    p.add_argument("--platform", default="x86_64-pc-linux-gnu", help="the BOINC platform")
+    p.add_argument("--plan-class", help="the plan class (app_info.xml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _package(arguments: Sequence[str]) -> int:
+    import tempfile
+
+    from vmctl.boinc.bundle import BundleError, build_bundle
+    from vmctl.boinc.job import load_job
+    from vmctl.boinc.package import PackageError, write_app_version
+
+    parser = _package_parser()
+    args = parser.parse_args(arguments)
+    setup_logging(args.verbose)
+    files: dict[str, Path] = {}
+    for item in args.file:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            parser.error(f"--file takes NAME=PATH, not {item!r}")
+        files[name] = Path(value)
+    try:
+        if args.image is not None:
+            image = load_job(args.job).image
+            if image is None:
+                raise PackageError("--image was given but the job file names no image")
+            files[image] = args.image
+        with tempfile.TemporaryDirectory(prefix="vmctl-package-") as tmp:
+            bundle = args.bundle or build_bundle(Path(tmp))
+            written = write_app_version(
+                args.out,
+                job=args.job,
+                bundle=bundle,
+                files=files,
+                app=args.app,
+                version_num=args.version_num,
+                platform=args.platform,
+                plan_class=args.plan_class,
+            )
+    except (PackageError, BundleError, JobError) as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("wrote the app version %s in %s", written.main_program, written.directory)
+    return 0
+
+
+def _list_backends() -> int:
+    for info in vmctl.backends():
+        why = "" if info.usable else f" ({info.reason}{'; ' + info.hint if info.hint else ''})"
+        print(f"{info.name}\t{'usable' if info.usable else 'unusable'}{why}")
+    return 0
 
 
 def _reap(args: argparse.Namespace) -> int:
@@ -142,10 +239,16 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vmctl-boinc`` console script; returns the exit status."""
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bundle"]:
+        return _bundle(arguments[1:])
+    if arguments[:1] == ["package"]:
+        return _package(arguments[1:])
     args, unknown = _parser().parse_known_args(arguments)
     setup_logging(args.verbose)
     if unknown:
         log.warning("ignoring unknown command-line arguments: %s", " ".join(unknown))
+    if args.backends:
+        return _list_backends()
     if args.reap:
         return _reap(args)
     return _run(args, arguments)

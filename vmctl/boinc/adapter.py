@@ -26,7 +26,8 @@ This module is the loop and the message dispatch; each job it dispatches to has 
 (triggers, progress, heartbeat, outputs), ``_vmsetup`` (connection, spec, creation, reaper
 registration), ``_vmpolicy`` (bring up, recover, save, destroy), ``_suspension`` (pause, park,
 and putting back what others changed), ``_status`` (reports to the client), ``_endings`` (how
-a run ends); ``_task`` is what they share and ``_outcome`` how they end the loop.
+a run ends), ``_hostcheck`` (what the host must have); ``_task`` is what they share and
+``_outcome`` how they end the loop.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from vmctl.boinc._endings import Endings
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
 from vmctl.boinc._guestfiles import GuestFiles
+from vmctl.boinc._hostcheck import HostNotReady, check_memory, check_tools
 from vmctl.boinc._outcome import (
     EXIT_ABORTED_BY_CLIENT,
     EXIT_CHILD_FAILED,
@@ -272,6 +274,12 @@ class Adapter:
         except Done as done:
             self._policy.close()
             return done.code
+        except HostNotReady as missing:
+            # The volunteer must act: the notice flag makes the BOINC Manager show the message.
+            log.warning("this host cannot run the task's VM yet: %s", missing)
+            self._task.slot.write_temporary_exit(missing.delay, str(missing), notice=True)
+            self._policy.close()
+            return 0
         except Trouble as trouble:
             return self._endings.trouble(str(trouble))
         except Fatal as fatal:
@@ -305,6 +313,7 @@ class Adapter:
                 reaper.reap(self.registry, self.connect, keep=frozenset({task.vm_name}))
             except Exception as exc:  # never let housekeeping stop the task
                 log.warning("reaper: %s", exc)
+        check_tools(job.backend, self.backend_options)
         hv = self._policy.hv = connect_backend(self.connect, job.backend, self.backend_options)
         self._registration.register()
         self._files.prepare_shared()
@@ -357,6 +366,8 @@ class Adapter:
         if state is vmctl.State.STOPPED and record.booted and record.saved_cpu_time is None:
             if self._files.done(self._cpu.elapsed()):
                 self._endings.complete(None)
+        if state not in (vmctl.State.RUNNING, vmctl.State.PAUSED):
+            check_memory(self._task.job.memory_mib)
         self._policy.bring_up(state)
 
     # -- the loop ---------------------------------------------------------------------------------
