@@ -79,21 +79,28 @@ class VirtualBoxSimHarness(Harness):
         self.disk.write_bytes(b"<<vmctl test base image>>" + bytes(4096))
         self.bin = tmp / "bin"
         self.vboxmanage = write_wrapper(self.bin / "VBoxManage", self.home)
-        self._old_path = os.environ.get("PATH", "")
-        os.environ["PATH"] = f"{self.bin}{os.pathsep}{self._old_path}"
         self.sim.add_fault(self.home, "lock", "*", count=None, every=7)
         self.sim.add_fault(self.home, "startvm_nonzero", "startvm", count=None, every=2)
         self.hv = vmctl.connect("virtualbox", **self._options())
 
+    def tool_environment(self) -> dict[str, str]:
+        return {"PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+
     def _options(self) -> dict[str, Any]:
-        return {"transport": "vboxmanage", "base_folder": str(self.base_folder), "retry_delay": 0.01}
+        # The simulator by path, never on PATH: the harness lives for the whole session, and a
+        # VBoxManage on PATH would make every later test see an installed VirtualBox.
+        return {
+            "transport": "vboxmanage",
+            "vboxmanage": str(self.vboxmanage),
+            "base_folder": str(self.base_folder),
+            "retry_delay": 0.01,
+        }
 
     def connect(self) -> vmctl.Hypervisor:
         return self.hv
 
     def connect_code(self) -> str:
-        options = dict(self._options(), vboxmanage=str(self.vboxmanage))
-        return f"import vmctl\nhv = vmctl.connect('virtualbox', **{options!r})\n"
+        return f"import vmctl\nhv = vmctl.connect('virtualbox', **{self._options()!r})\n"
 
     def spec(self, name: str, *, network: bool = False, ignore_power_button: bool = False) -> vmctl.MachineSpec:
         self.sim.set_guest_profile(self.home, name, ignore_power_button=ignore_power_button)
@@ -149,7 +156,6 @@ class VirtualBoxSimHarness(Harness):
                     os.kill(pid, signal.SIGCONT)
                 except OSError:
                     pass
-            os.environ["PATH"] = self._old_path
 
 
 HARNESSES = [VirtualBoxSimHarness]

@@ -113,9 +113,6 @@ class VmwareSimHarness(Harness):
         self.logs = tmp / "logs"
         self.logs.mkdir()
         self.disk = fake_vmdk(tmp / "base.vmdk")
-        # vmctl.backends() must find a vmrun to call the backend usable.
-        self._old_env = os.environ.get("VMCTL_VMRUN")
-        os.environ.setdefault("VMCTL_VMRUN", str(self.vmrun))
         self.hv = vmctl.connect("vmware", product=self.product, vmrun=self.vmrun, vm_dir=self.vm_dir)
 
     @property
@@ -124,6 +121,9 @@ class VmwareSimHarness(Harness):
 
     def connect(self) -> vmctl.Hypervisor:
         return self.hv
+
+    def tool_environment(self) -> dict[str, str]:
+        return {"VMCTL_VMRUN": str(self.vmrun)}
 
     def connect_code(self) -> str:
         return (
@@ -179,8 +179,6 @@ class VmwareSimHarness(Harness):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         self.hv.close()
-        if self._old_env is None and os.environ.get("VMCTL_VMRUN") == str(self.vmrun):
-            del os.environ["VMCTL_VMRUN"]
 
 
 class VmwarePlayerSimHarness(VmwareSimHarness):

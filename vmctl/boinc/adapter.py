@@ -339,6 +339,7 @@ class Adapter:
         """Boot a new VM; a port picked for it (``host_port = 0``) that another process took
         meanwhile is picked again, with a new VM (the backend refuses with EADDRINUSE)."""
         task = self._task
+        check_memory(task.job.memory_mib)
         for attempt in range(1, PORT_PICKS + 1):
             try:
                 self._policy.bring_up(vmctl.State.STOPPED)

@@ -405,7 +405,7 @@ VBOX_KEYS: Mapping[str, str] = {
     "multiattach_vdi_file": "honoured: image (default vm_image.vdi); the backend must read its format",
     "enable_network": "honoured: network",
     "enable_shared_directory": "honoured: shared_dir (9p tag 'shared')",
-    "share_slot_dir": "honoured as shared_dir: the slot's 'shared' subdirectory is shared as tag 'shared'",
+    "share_slot_dir": "honoured as `shared_dir`: the slot's 'shared' subdirectory is shared as tag 'shared'",
     "share_project_dir": "honoured: the project directory is shared read-only as tag 'project'",
     "enable_scratch_directory": "honoured: <project>/scratch is shared as tag 'scratch'",
     "copy_to_shared": "honoured",

@@ -127,6 +127,13 @@ class Harness(ABC):
     #: rounds until they do
     race_rounds: int = 40
 
+    def tool_environment(self) -> dict[str, str]:
+        """Environment variables under which ``vmctl.backends()`` finds the peer's tools with no
+        options (a simulator's directory on ``PATH``, say). Set only while the test that checks
+        this runs: the harness lives for the whole session, and a variable it left set would
+        make every later test see the tool installed."""
+        return {}
+
     @abstractmethod
     def connect(self) -> vmctl.Hypervisor:
         """The connection the tests use (the same one each call is fine)."""

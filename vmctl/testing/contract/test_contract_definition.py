@@ -16,7 +16,9 @@ from vmctl.testing._harness import Harness
 from vmctl.testing.contract._steps import MakeVm, boot, sha256
 
 
-def test_backend_is_listed_and_usable(harness: Harness, hv: vmctl.Hypervisor) -> None:
+def test_backend_is_listed_and_usable(harness: Harness, hv: vmctl.Hypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in harness.tool_environment().items():
+        monkeypatch.setenv(variable, value)
     info = {b.name: b for b in vmctl.backends()}
     assert hv.name in info
     assert info[hv.name].usable, info[hv.name].reason
