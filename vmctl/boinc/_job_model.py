@@ -1,0 +1,204 @@
+"""The job as vmctl-boinc understands it, whatever file it came from: the :class:`Job` record,
+its cross-key checks, and the name and number checks both job-file parsers share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vmctl.boinc.errors import BoincError
+from vmctl.boinc.hostconfig import JOB_BACKEND_OPTIONS
+
+__all__ = [
+    "DEFAULT_SHARED_TAG",
+    "JOB_FILES",
+    "MAX_JOB_SIZE",
+    "RESERVED_SLOT_NAMES",
+    "VBOX_DEFAULT_IMAGE",
+    "Job",
+    "JobError",
+    "Output",
+    "PortForwardSpec",
+    "port_number",
+    "positive_int",
+    "relative_name",
+]
+
+#: Job file names looked for in the slot, in this order.
+JOB_FILES = ("vmctl_job.toml", "vbox_job.xml")
+DEFAULT_SHARED_TAG = "shared"
+#: vboxwrapper's default disk image name.
+VBOX_DEFAULT_IMAGE = "vm_image.vdi"
+#: Slot files of the client and the adapter: no output may overwrite one, no share be one.
+RESERVED_SLOT_NAMES = frozenset(
+    {
+        "init_data.xml",
+        "boinc_mmap_file",
+        "boinc_finish_called",
+        "boinc_temporary_exit",
+        "boinc_task_state.xml",
+        "stderr.txt",
+        "vmctl_state.json",
+        "vm_console.log",
+        "vm",
+        *JOB_FILES,
+    }
+)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+MAX_JOB_SIZE = 1 << 20
+
+
+class JobError(BoincError):
+    """The job file is missing, malformed or asks for something impossible."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """Copy ``source`` (relative to the shared dir) to the slot file ``target`` at completion."""
+
+    source: str
+    target: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class PortForwardSpec:
+    guest_port: int
+    host_port: int = 0
+    """0: pick a free loopback port at every start."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """A parsed job file. ``notes`` are the messages about keys read but not (fully) honoured."""
+
+    source: str = ""
+    backend: str = "qemu"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    image: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    memory_mib: int = 256
+    cpus: int | None = None
+    network: bool = False
+    port_forwards: tuple[PortForwardSpec, ...] = ()
+    shared_dir: bool = False
+    shared_tag: str = DEFAULT_SHARED_TAG
+    share_slot_dir: bool = False
+    share_project_dir: bool = False
+    scratch_dir: bool = False
+    copy_to_shared: tuple[str, ...] = ()
+    copy_cmdline_to_shared: bool = False
+    job_duration: float = 0.0
+    fraction_done_file: str | None = None
+    completion_trigger_file: str | None = None
+    temporary_exit_trigger_file: str | None = None
+    heartbeat_file: str | None = None
+    heartbeat_interval: float = 600.0
+    min_checkpoint_interval: float = 600.0
+    checkpoints: bool = True
+    poweroff_completes: bool = True
+    max_retries: int = 10
+    retry_delay: float = 30.0
+    outputs: tuple[Output, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def has_shared_dir(self) -> bool:
+        return self.shared_dir or self.share_slot_dir
+
+    def with_overrides(self, *, cpus: int | None = None, memory_mib: int | None = None) -> Job:
+        """The job with command-line overrides (vboxwrapper's ``--nthreads``, ``--memory_size_mb``)."""
+        changes: dict[str, Any] = {}
+        if cpus is not None:
+            changes["cpus"] = positive_int("--nthreads", cpus)
+        if memory_mib is not None:
+            changes["memory_mib"] = positive_int("--memory_size_mb", memory_mib)
+        return replace(self, **changes) if changes else self
+
+    def check(self) -> Job:
+        """Cross-key checks; returns self."""
+        if self.image is None and self.kernel is None:
+            raise JobError(f"{self.source}: the job needs a disk 'image' or a 'kernel' to boot")
+        if self.initrd is not None and self.kernel is None:
+            raise JobError(f"{self.source}: 'initrd' needs a 'kernel'")
+        if self.cmdline is not None and self.kernel is None:
+            raise JobError(f"{self.source}: 'cmdline' needs a 'kernel'")
+        needs_share = [
+            name
+            for name, value in (
+                ("copy_to_shared", self.copy_to_shared),
+                ("fraction_done_file", self.fraction_done_file),
+                ("completion_trigger_file", self.completion_trigger_file),
+                ("temporary_exit_trigger_file", self.temporary_exit_trigger_file),
+                ("heartbeat_file", self.heartbeat_file),
+                ("output", self.outputs),
+                ("copy_cmdline_to_shared", self.copy_cmdline_to_shared),
+            )
+            if value
+        ]
+        if needs_share and not self.has_shared_dir:
+            raise JobError(f"{self.source}: {', '.join(needs_share)} need a shared directory (shared_dir = true)")
+        if self.shared_dir and self.share_slot_dir:
+            raise JobError(f"{self.source}: use either a shared directory or sharing the slot directory, not both")
+        for name in (
+            self.fraction_done_file,
+            self.completion_trigger_file,
+            self.temporary_exit_trigger_file,
+            self.heartbeat_file,
+            *(o.source for o in self.outputs),
+        ):
+            if name is not None:
+                relative_name(f"{self.source}: shared-directory file", name)
+        for what, name in (("image", self.image), ("kernel", self.kernel), ("initrd", self.initrd)):
+            if name is not None:
+                relative_name(f"{self.source}: '{what}'", name)
+        for name in self.copy_to_shared:
+            relative_name(f"{self.source}: copy_to_shared", name)
+        for out in self.outputs:
+            relative_name(f"{self.source}: output 'to'", out.target)
+            if Path(out.target).parts[0] in RESERVED_SLOT_NAMES:
+                raise JobError(f"{self.source}: output 'to' {out.target!r} would overwrite a file of the client")
+        if not _PLAIN_NAME.fullmatch(self.backend):
+            raise JobError(f"{self.source}: 'backend' {self.backend!r} is not a profile name")
+        if not _PLAIN_NAME.fullmatch(self.shared_tag) or self.shared_tag in RESERVED_SLOT_NAMES:
+            raise JobError(
+                f"{self.source}: 'shared_tag' {self.shared_tag!r} must be a plain name (letters, digits, '_', '.', "
+                "'-'; at most 64) and none of the slot's own files"
+            )
+        self._check_backend_options()
+        return self
+
+    def _check_backend_options(self) -> None:
+        for key, value in self.backend_options.items():
+            allowed = JOB_BACKEND_OPTIONS.get(key)
+            if allowed is None:
+                raise JobError(
+                    f"{self.source}: the backend option '{key}' may not be set by a job file (the host's backend "
+                    f"profile sets it); a job may set: {', '.join(sorted(JOB_BACKEND_OPTIONS))}"
+                )
+            if value not in allowed:
+                raise JobError(f"{self.source}: the backend option '{key}' must be one of {', '.join(allowed)}")
+
+
+def positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise JobError(f"'{key}' must be a positive integer, not {value!r}")
+    return value
+
+
+def relative_name(what: str, name: str) -> str:
+    path = Path(name)
+    if not name or path.is_absolute() or ".." in path.parts:
+        raise JobError(f"{what} {name!r} must be a relative name without '..'")
+    return name
+
+
+def port_number(key: str, value: object, allow_zero: bool) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+        raise JobError(f"'{key}' must be a port number, not {value!r}")
+    return value
