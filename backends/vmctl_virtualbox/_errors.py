@@ -170,6 +170,11 @@ def is_transient(info: VBoxErrorInfo) -> bool:
     return error_code(info) in _TRANSIENT
 
 
+# VBoxManageControlVM.cpp's refusal before it asks VirtualBox anything (savestate of a machine
+# that is no longer running or paused); it carries no COM result code.
+_CONTROLVM_STATE = re.compile(r"Machine in invalid state .* -- ")
+
+
 def map_error(
     info: VBoxErrorInfo,
     *,
@@ -183,7 +188,8 @@ def map_error(
     """The vmctl error for a VirtualBox error.
 
     VBOX_E_OBJECT_NOT_FOUND -> :class:`MachineNotFound` (or :class:`SnapshotNotFound` for a
-    snapshot), VBOX_E_INVALID_VM_STATE and "is not currently running" -> :class:`InvalidState`
+    snapshot), VBOX_E_INVALID_VM_STATE, "is not currently running" and controlvm's own "Machine
+    in invalid state ... -- NAME." (no COM code: another caller moved the machine) -> :class:`InvalidState`
     (with state UNKNOWN: the caller fills in the state it reads), anything else ->
     :class:`BackendError` carrying command, status, output and the code.
     """
@@ -195,7 +201,7 @@ def map_error(
         else:
             m = re.search(r"machine named '([^']*)'", text)
             err = MachineNotFound(m.group(1) if m else (machine or "?"), "virtualbox")
-    elif info.code == "VBOX_E_INVALID_VM_STATE" or "is not currently running" in text:
+    elif info.code == "VBOX_E_INVALID_VM_STATE" or "is not currently running" in text or _CONTROLVM_STATE.search(text):
         err = InvalidState(machine or "?", verb or "operate", State.UNKNOWN)
     else:
         err = BackendError(
