@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import socket
 import sys
 import tempfile
@@ -137,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
             step("delete snapshot 'booted'", lambda: vm.delete_snapshot("booted"))
             step("destroy", vm.destroy)
         except BaseException:
-            print(f"failed; destroying {vm.name} (the guest's console ended: {_tail(console)!r})", file=sys.stderr)
+            print(
+                f"failed; destroying {vm.name} (the guest's console ended: {_tail(console)!r}; "
+                f"its console log is kept in {work})",
+                file=sys.stderr,
+            )
             vm.destroy()
             raise
         left = [p.name for p in Path(state_dir).iterdir() if not p.name.startswith(".")]
         print(f"left in the state directory: {left or 'nothing'}; base image untouched: {guest.disk}")
     print(f"total {sum(r[1] for r in rows):.1f} s")
+    shutil.rmtree(work)  # the console log, the share and (without --state-dir) the machine's state
     return 0
 
 
