@@ -7,6 +7,7 @@ quit (also preemption), SIGTERM               state saved to disk; exit 0, resta
 client gone or silent                         state saved to disk; ``boinc_temporary_exit``
 the guest's temporary-exit trigger            state saved to disk; ``boinc_temporary_exit``
 the guest's completion (trigger or power-off) outputs copied, VM deleted; ``boinc_finish_called``
+the job's ``job_duration`` reached            outputs copied, VM deleted; ``boinc_finish_called`` 0
 abort                                         VM deleted, record deleted; exit 194
 hypervisor trouble                            state saved if it runs; ``boinc_temporary_exit``
                                               after a growing delay, failure after ``max_retries``
@@ -90,6 +91,12 @@ class Endings:
         self._task.slot.write_finish(code, message, trigger.notice if trigger is not None else False)
         self._status.send_final(cpu, final=True)
         raise Done(code)
+
+    def duration_reached(self, duration: float) -> NoReturn:
+        """The job's ``job_duration`` of running time is reached: as vboxwrapper, power the VM
+        off, delete it and finish successfully (the guest's outputs copied, as at completion)."""
+        log.info("the job's duration (%.0f s of running time) is reached: the task ends successfully", duration)
+        self.complete(None)
 
     def guest_powered_off(self) -> NoReturn:
         """The guest powered itself off: done if its work is, otherwise trouble."""

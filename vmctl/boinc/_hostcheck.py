@@ -16,7 +16,9 @@ on Fedora dnf install qemu-system-x86-core
 
 from __future__ import annotations
 
+import fcntl
 import grp
+import logging
 import os
 import pwd
 import shutil
@@ -30,12 +32,16 @@ import vmctl
 from vmctl.registry import get_provider
 
 __all__ = [
+    "ERR_EXEC",
     "MEMORY_HEADROOM_MIB",
     "MISSING_MEMORY_DELAY",
     "MISSING_SOFTWARE_DELAY",
+    "AccelerationMissing",
     "HostNotReady",
+    "acceleration_report",
     "check_memory",
     "check_tools",
+    "choose_acceleration",
     "missing_tools",
 ]
 
@@ -46,11 +52,21 @@ MISSING_MEMORY_DELAY = 300.0
 MEMORY_HEADROOM_MIB = 64
 """What the hypervisor process needs beside the guest's RAM."""
 
+log = logging.getLogger("vmctl.boinc")
+
 KVM_DEVICE = "/dev/kvm"
+_KVM_CREATE_VM = 0xAE01  # _IO(KVMIO, 0x01)
+ERR_EXEC = -148
+"""BOINC's ERR_EXEC (lib/error_numbers.h): vboxwrapper's exit status when the VM needs hardware
+virtualization the host lacks."""
 _QEMU_PACKAGES = {
     "qemu-system-x86_64": ("qemu-system-x86", "qemu-system-x86-core"),
     "qemu-img": ("qemu-utils", "qemu-img"),
 }
+
+
+class AccelerationMissing(Exception):
+    """The job needs hardware virtualization and this host cannot give it."""
 
 
 class HostNotReady(Exception):
@@ -148,3 +164,66 @@ def check_memory(memory_mib: int) -> None:
             f"not enough free memory for the VM: it needs {needed} MiB, {available} MiB are available",
             MISSING_MEMORY_DELAY,
         )
+
+
+def _kvm_unusable() -> str | None:
+    """Why KVM cannot run a VM here (missing, not permitted, or refusing to create one), or None."""
+    problem = _kvm_problem()
+    if problem is not None:
+        return problem
+    try:
+        fd = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open {KVM_DEVICE}: {exc.strerror}"
+    try:
+        os.close(fcntl.ioctl(fd, _KVM_CREATE_VM, 0))
+    except OSError as exc:
+        return (
+            f"KVM cannot create a VM ({exc.strerror}): hardware virtualization (VT-x/AMD-V) is disabled "
+            "in the firmware or held by another hypervisor"
+        )
+    finally:
+        os.close(fd)
+    return None
+
+
+def choose_acceleration(
+    backend: str, options: Mapping[str, Any], needed: bool, extensions_disabled: bool
+) -> str | None:
+    """The accelerator a QEMU task runs with when its profile says ``auto`` (None: as the
+    profile says). Where hardware virtualization is unusable (or the client says it failed before:
+    ``vm_extensions_disabled``), a job that needs it raises :class:`AccelerationMissing`, and any
+    other job runs under TCG, said in stderr.txt (never a silent 10-50x slowdown)."""
+    if backend != "qemu":
+        return None
+    accel = options.get("accel", "auto")
+    if accel not in ("auto", "kvm"):
+        if needed:
+            log.warning("the job asks for hardware virtualization; the host's profile runs it with accel=%s", accel)
+        return None
+    if extensions_disabled:
+        problem: str | None = (
+            "the BOINC client reports that hardware virtualization failed on this host before "
+            "(vm_extensions_disabled in init_data.xml)"
+        )
+    else:
+        problem = _kvm_unusable()
+    if problem is None:
+        return None
+    if needed:
+        raise AccelerationMissing(problem)
+    if accel == "kvm":
+        return None  # the profile insists: check_tools says what is missing
+    log.warning("hardware virtualization is not usable (%s): the VM runs under TCG, 10-50 times slower", problem)
+    return "tcg"
+
+
+def acceleration_report(problem: str) -> str:
+    """What vboxwrapper writes to stderr.txt when the VM needs hardware virtualization the host
+    lacks; the client reads ``ERR_CPU_VM_EXTENSIONS_DISABLED`` from it (app_control.cpp) and flags
+    the host (``p_vm_extensions_disabled``), so the scheduler stops sending it VM work."""
+    return (
+        f"the job needs hardware virtualization for its VM, and this host cannot give it: {problem}. "
+        "Enable VT-x (Intel) or AMD-V (AMD) in the computer's firmware (BIOS/UEFI). "
+        "Error Code: ERR_CPU_VM_EXTENSIONS_DISABLED"
+    )

@@ -105,10 +105,36 @@ class Job:
     retry_delay: float = 30.0
     outputs: tuple[Output, ...] = ()
     notes: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
+    """Keys whose guest contract no backend here can keep (a disk, ISO or floppy the guest
+    waits for): the task fails at its start (206), naming each, instead of running a VM that
+    cannot do its work."""
+    image_in_project: bool = False
+    """vboxwrapper's ``multiattach_vdi_file``: ``image`` is a physical file name in the project
+    directory, not an open name in the slot."""
+    needs_acceleration: bool = False
+    share_keys: tuple[str, ...] = ()
+    """The job file's keys that need the backend's shared folders (named when it has none)."""
+    """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
 
     @property
     def has_shared_dir(self) -> bool:
         return self.shared_dir or self.share_slot_dir
+
+    def keys_needing_shares(self) -> tuple[str, ...]:
+        """The job file's keys that need shared folders (none: the job runs without)."""
+        if self.share_keys:
+            return self.share_keys
+        return tuple(
+            key
+            for key, value in (
+                ("shared_dir", self.shared_dir),
+                ("share_slot_dir", self.share_slot_dir),
+                ("share_project_dir", self.share_project_dir),
+                ("scratch_dir", self.scratch_dir),
+            )
+            if value
+        )
 
     def with_overrides(self, *, cpus: int | None = None, memory_mib: int | None = None) -> Job:
         """The job with command-line overrides (vboxwrapper's ``--nthreads``, ``--memory_size_mb``)."""

@@ -11,50 +11,83 @@ from typing import Any
 from vmctl.boinc._job_model import VBOX_DEFAULT_IMAGE, Job, JobError, PortForwardSpec, port_number, relative_name
 from vmctl.boinc._xmlsafe import XmlRefused, parse_xml
 
-__all__ = ["VBOX_KEYS", "parse_vbox_xml"]
+__all__ = ["VBOX_KEYS", "VBOX_OPTIONS", "parse_vbox_xml", "vbox_image_name"]
 
-#: Every key vboxwrapper (release 26212) reads, and what vmctl-boinc does with it.
+#: Every key vboxwrapper (BOINC's HEAD, samples/vboxwrapper/vboxjob.cpp) reads, and what
+#: vmctl-boinc does with it. The first word is the treatment: ``honoured`` (every backend),
+#: ``partial`` (the backends that can; the others fail at the start with 206, naming the key and
+#: the backend), ``refused`` (the task fails at its start with 206: the guest would wait for
+#: something no backend gives it yet) or ``ignored`` (it cannot change what the guest sees or the
+#: project gets; said once in stderr.txt).
 VBOX_KEYS: Mapping[str, str] = {
-    "memory_size_mb": "honoured: memory_mib",
-    "job_duration": "honoured",
+    "memory_size_mb": "honoured: memory_mib; at least 512 MB (also without the key), as vboxwrapper sets it",
+    "job_duration": "honoured: the task ends successfully once it has run this long (VM powered off and deleted, "
+    "exit 0), as in vboxwrapper; also the fraction done",
     "minimum_checkpoint_interval": "honoured: min_checkpoint_interval",
-    "fraction_done_filename": "honoured: fraction_done_file",
-    "completion_trigger_file": "honoured",
-    "temporary_exit_trigger_file": "honoured",
-    "heartbeat_filename": "honoured: heartbeat_file (a stale heartbeat is treated as a hung VM)",
+    "fraction_done_filename": "partial: fraction_done_file, in the shared directory (backends with shared folders)",
+    "completion_trigger_file": "partial: in the shared directory (backends with shared folders)",
+    "temporary_exit_trigger_file": "partial: in the shared directory (backends with shared folders)",
+    "heartbeat_filename": "partial: heartbeat_file in the shared directory (a stale heartbeat is a hung VM)",
     "minimum_heartbeat_interval": "honoured: heartbeat_interval",
-    "multiattach_vdi_file": "honoured: image (default vm_image.vdi); the backend must read its format",
+    "multiattach_vdi_file": "honoured: the base image is this file in the project directory (never copied), "
+    "as vboxwrapper resolves it; the backend must read its format",
     "enable_network": "honoured: network",
-    "enable_shared_directory": "honoured: shared_dir (9p tag 'shared')",
-    "share_slot_dir": "honoured as `shared_dir`: the slot's 'shared' subdirectory is shared as tag 'shared'",
-    "share_project_dir": "honoured: the project directory is shared read-only as tag 'project'",
-    "enable_scratch_directory": "honoured: <project>/scratch is shared as tag 'scratch'",
-    "copy_to_shared": "honoured",
-    "copy_cmdline_to_shared": "honoured: the command line is written to shared/cmdline",
+    "enable_shared_directory": "partial: shared_dir (9p tag 'shared'; shared folders elsewhere)",
+    "share_slot_dir": "partial: the slot's 'shared' subdirectory is shared as tag 'shared', never the slot itself "
+    "(vboxwrapper shares the slot: its links and the client's files would be the guest's to write)",
+    "share_project_dir": "partial: the project directory is shared read-only as tag 'project'",
+    "enable_scratch_directory": "partial: <project>/scratch is shared as tag 'scratch'",
+    "copy_to_shared": "partial: copied into the shared directory at the first start",
+    "copy_cmdline_to_shared": "partial: the command line is written to shared/cmdline",
     "pf_guest_port": "honoured: a loopback port forward",
-    "pf_host_port": "honoured (0: a free port)",
-    "port_forward": "honoured: host_port/guest_port/nports; is_remote is not (forwards are loopback only)",
+    "pf_host_port": "honoured as vboxwrapper does: the number is not bound; a free port is picked when the VM is "
+    "made, kept for the task and logged",
+    "port_forward": "honoured: guest_port/nports; each host port is picked free (never the literal number); "
+    "is_remote is not (forwards are loopback only)",
     "enable_vm_savestate_usage": "honoured: vmctl-boinc always saves the VM's state on quit",
     "disable_automatic_checkpoints": "honoured: checkpoints = false",
-    "os_name": "ignored: not needed (vmctl picks the virtual hardware)",
-    "vm_disk_controller_type": "not honoured: vmctl picks the disk controller (virtio)",
-    "vm_disk_controller_model": "not honoured: vmctl picks the disk controller (virtio)",
-    "vm_graphics_controller_type": "not honoured: the VM has no graphics",
-    "vram_size_mb": "not honoured: the VM has no graphics",
-    "vm_network_driver": "not honoured: vmctl picks the network card (virtio)",
-    "network_bridged_mode": "not honoured: only NAT networking is available",
-    "enable_nat_dns_host_resolver": "not honoured: NAT DNS is the backend's default",
-    "enable_floppyio": "not honoured: there is no floppy channel; use the shared directory",
-    "enable_cache_disk": "not honoured: no second disk; use the shared directory",
-    "enable_isocontextualization": "not honoured: no ISO contextualisation; use the shared directory",
-    "boot_iso": "not honoured: the VM boots its disk image or a kernel",
-    "enable_remotedesktop": "not honoured: no remote desktop",
-    "enable_screenshots_on_error": "not honoured: no screen; the guest console log is written to stderr instead",
-    "enable_graphics_support": "not honoured: no graphics",
-    "enable_cern_dataformat": "not honoured: CERN's floppy data format is not supported",
-    "trickle_trigger_file": "not honoured: trickle messages are not supported",
-    "intermediate_upload_file": "not honoured: intermediate uploads are not supported",
+    "os_name": "honoured: a 64-bit type (..._64) requires hardware acceleration, as in vboxwrapper; "
+    "vmctl picks the virtual hardware",
+    "enable_floppyio": "refused: no floppy channel yet (the guest would wait for its floppy)",
+    "enable_cern_dataformat": "refused: CERN's floppy data format needs the floppy channel",
+    "enable_cache_disk": "refused: no second (cache) disk yet",
+    "enable_isocontextualization": "refused: no contextualisation ISO (CD-ROM) yet",
+    "boot_iso": "refused: the VM boots its disk image or a kernel, not an ISO",
+    "network_bridged_mode": "refused: only NAT networking is available",
+    "trickle_trigger_file": "refused: trickle messages are not sent yet",
+    "intermediate_upload_file": "refused: intermediate uploads are not requested yet",
+    "vm_disk_controller_type": "ignored: vmctl picks the disk controller (virtio)",
+    "vm_disk_controller_model": "ignored: vmctl picks the disk controller (virtio)",
+    "vram_size_mb": "ignored: the VM is headless",
+    "vm_network_driver": "ignored: vmctl picks the network card (virtio)",
+    "enable_nat_dns_host_resolver": "ignored: NAT DNS is the backend's default",
+    "enable_remotedesktop": "ignored: no remote desktop yet (vboxwrapper too runs without one when "
+    "VirtualBox's extension pack is missing)",
+    "enable_screenshots_on_error": "ignored: no screenshot; the guest console's tail is written to stderr.txt",
+    "enable_graphics_support": "ignored: the VM is headless",
 }
+
+#: vboxwrapper's command-line options (vboxwrapper.cpp, main) and what vmctl-boinc does with them.
+VBOX_OPTIONS: Mapping[str, str] = {
+    "--nthreads": "honoured: the VM's CPUs (overrides the job file)",
+    "--memory_size_mb": "honoured: the VM's memory (overrides the job file)",
+    "--vmimage": "honoured: without multiattach_vdi_file the image is vm_image_N.vdi",
+    "--trickle": "refused: elapsed-time trickles are not sent yet",
+    "--register_only": "refused: vmctl-boinc registers no VM without running it",
+    "--sporadic": "refused: sporadic apps are not supported yet",
+}
+
+#: vboxwrapper.h's MIN_MEMORY_SIZE_MB: no VM of a vbox_job.xml gets less.
+VBOX_MIN_MEMORY_MB = 512
+
+_BOOL_REFUSED = (
+    "enable_floppyio",
+    "enable_cern_dataformat",
+    "enable_cache_disk",
+    "enable_isocontextualization",
+    "boot_iso",
+    "network_bridged_mode",
+)
 
 
 def _xml_bool(el: ET.Element) -> bool:
@@ -94,20 +127,25 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
         raise JobError(f"{source}: the root element is <{root.tag}>, not <vbox_job>")
     values: dict[str, Any] = {"source": source, "image": VBOX_DEFAULT_IMAGE, "poweroff_completes": True}
     notes: list[str] = []
+    refused: list[str] = []
     forwards: list[PortForwardSpec] = []
     copy: list[str] = []
-    pf_guest = pf_host = 0
+    pf_guest = 0
     for el in root:
         tag = el.tag
         meaning = VBOX_KEYS.get(tag)
         if meaning is None:
             notes.append(f"{tag}: unknown vbox_job.xml key, ignored")
             continue
-        if not meaning.startswith("honoured"):
+        if meaning.startswith("refused"):
+            if tag not in _BOOL_REFUSED or _xml_bool(el):
+                refused.append(f"{tag}: {meaning.removeprefix('refused: ')}")
+            continue
+        if meaning.startswith("ignored"):
             notes.append(f"{tag}: {meaning}")
             continue
         if tag == "memory_size_mb":
-            values["memory_mib"] = max(1, int(_xml_num(el)))
+            values["memory_mib"] = int(_xml_num(el))
         elif tag == "job_duration":
             values["job_duration"] = _xml_num(el)
         elif tag == "minimum_checkpoint_interval":
@@ -124,7 +162,11 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             values["heartbeat_interval"] = _xml_num(el)
         elif tag == "multiattach_vdi_file":
             if _xml_str(el):
-                values["image"] = relative_name(f"{source}: <multiattach_vdi_file>", _xml_str(el))
+                values["image"] = _plain_file_name(source, tag, _xml_str(el))
+                values["image_in_project"] = True
+        elif tag == "os_name":
+            # vboxwrapper (vbox_vboxmanage.cpp): "VM type requires acceleration" for 64-bit types
+            values["needs_acceleration"] = "_64" in _xml_str(el)
         elif tag == "enable_network":
             values["network"] = _xml_bool(el)
         elif tag == "enable_shared_directory":
@@ -143,24 +185,47 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
         elif tag == "pf_guest_port":
             pf_guest = port_number("pf_guest_port", int(_xml_num(el)), True)
         elif tag == "pf_host_port":
-            pf_host = port_number("pf_host_port", int(_xml_num(el)), True)
+            # Checked, never bound: vboxwrapper replaces it with its checkpoint's port (0 at the first
+            # start), so the port is always picked free (boinc_get_port) and kept for the task.
+            port_number("pf_host_port", int(_xml_num(el)), True)
         elif tag == "port_forward":
             forwards.extend(_vbox_port_forward(source, el, notes))
         elif tag == "enable_vm_savestate_usage":
             pass  # always the behaviour
         elif tag == "disable_automatic_checkpoints":
             values["checkpoints"] = not _xml_bool(el)
+    memory = values.get("memory_mib", 0)
+    if memory < VBOX_MIN_MEMORY_MB:
+        if memory:  # vboxwrapper.cpp: "Memory size %dMB is too small; setting to %dMB"
+            notes.append(f"memory_size_mb: {memory} MB is too small; {VBOX_MIN_MEMORY_MB} MB, as vboxwrapper sets it")
+        values["memory_mib"] = VBOX_MIN_MEMORY_MB
     if pf_guest:
-        forwards.append(PortForwardSpec(guest_port=pf_guest, host_port=pf_host))
-    elif pf_host:
-        notes.append("pf_host_port: ignored without pf_guest_port")
+        forwards.append(PortForwardSpec(guest_port=pf_guest))
     if forwards:
         values["port_forwards"] = tuple(forwards)
         values["network"] = True
     if copy:
         values["copy_to_shared"] = tuple(copy)
     values["notes"] = tuple(notes)
+    values["refused"] = tuple(refused)
+    if any(values.get(k) for k in ("shared_dir", "share_slot_dir", "share_project_dir", "scratch_dir")):
+        values["share_keys"] = tuple(
+            dict.fromkeys(el.tag for el in root if VBOX_KEYS.get(el.tag, "").startswith("partial"))
+        )
     return Job(**values).check()
+
+
+def _plain_file_name(source: str, tag: str, name: str) -> str:
+    """A file name without a directory part: vboxwrapper joins it to the project directory."""
+    relative_name(f"{source}: <{tag}>", name)
+    if "/" in name or "\\" in name or name in (".", ".."):
+        raise JobError(f"{source}: <{tag}> {name!r} must be a file name in the project directory, not a path")
+    return name
+
+
+def vbox_image_name(number: int) -> str:
+    """vboxwrapper's image for ``--vmimage N``: ``vm_image_N.vdi``."""
+    return f"vm_image_{number}.vdi"
 
 
 def _vbox_port_forward(source: str, el: ET.Element, notes: list[str]) -> list[PortForwardSpec]:
@@ -176,14 +241,10 @@ def _vbox_port_forward(source: str, el: ET.Element, notes: list[str]) -> list[Po
     if not fields.get("guest_port"):
         raise JobError(f"{source}: <port_forward> needs a <guest_port>")
     count = max(1, fields.get("nports", 0))
-    host = fields.get("host_port", 0)
-    return [
-        PortForwardSpec(
-            guest_port=port_number("guest_port", fields["guest_port"] + i, False),
-            host_port=port_number("host_port", host + i if host else 0, True),
-        )
-        for i in range(count)
-    ]
+    port_number("host_port", fields.get("host_port", 0), True)
+    # Never the literal host port: two tasks of one app on one host would collide on it.
+    guest = fields["guest_port"]
+    return [PortForwardSpec(guest_port=port_number("guest_port", guest + i, False)) for i in range(count)]
 
 
 # -- finding and loading ---------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import errno
 import logging
 import math
 import os
+import socket
 import stat
 from collections.abc import Callable
 from dataclasses import replace
@@ -106,6 +107,41 @@ def _slot_file(task: Task, what: str, name: str | None) -> Path | None:
     return path
 
 
+def _project_image(task: Task, name: str) -> Path:
+    """vboxwrapper's ``multiattach_vdi_file``: the file ``name`` in the project directory (the
+    app version's physical name; the slot holds at most a link with another, logical name).
+    A slot file of that name stands in where the project directory is unknown (standalone)."""
+    project = task.slot.project_dir or (Path(task.init.project_dir) if task.init.project_dir else None)
+    if project is not None and (os.path.lexists(project / name) or not os.path.lexists(task.slot.path / name)):
+        path = project / name
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, os.path.realpath(project)]) != os.path.realpath(project):
+            raise Fatal(f"the base image {name!r} in the project directory leads outside it ({real})")
+        if not path.exists():
+            raise Fatal(
+                f"the base image (multiattach_vdi_file) {name!r} is not in the project directory {project}: "
+                "the app version must include it under that physical name"
+            )
+        if not path.is_file() or path.stat().st_size == 0:
+            raise Fatal(f"the base image {name!r} in the project directory is not a non-empty regular file ({path})")
+        return path
+    disk = _slot_file(task, "base image", name)
+    assert disk is not None
+    return disk
+
+
+def _host_port(task: Task, guest_port: int) -> int:
+    """The host port for a forward to ``guest_port`` chosen when the VM is made: the one this
+    task had before if it is still free (boinc_get_port's choice kept in vboxwrapper's
+    checkpoint), else a free one."""
+    kept = task.state.extra.get("host_ports", {}).get(str(guest_port))
+    if isinstance(kept, int) and 1024 <= kept <= 65535:
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", kept))
+            return kept
+    return free_port()
+
+
 def prepare_console_log(path: Path) -> None:
     """Create the guest's console log as a private (0600) regular file before the hypervisor
     appends to it; whatever else is at ``path`` (a link, a FIFO) is removed, never followed."""
@@ -138,18 +174,22 @@ def _remove(path: Path) -> None:
 def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
     """The VM the job describes, its disk an overlay over the slot's base image."""
     job, init = task.job, task.init
-    disk = _slot_file(task, "base image", job.image)
+    if job.image_in_project and job.image:
+        disk: Path | None = _project_image(task, job.image)
+    else:
+        disk = _slot_file(task, "base image", job.image)
     kernel = _slot_file(task, "kernel", job.kernel)
     initrd = _slot_file(task, "initrd", job.initrd)
     cpus = job.cpus or max(1, math.ceil(init.ncpus - 1e-9))
     network = None
     if job.network:
         forwards = [
-            vmctl.PortForward(host_port=pf.host_port or free_port(), guest_port=pf.guest_port)
+            vmctl.PortForward(host_port=pf.host_port or _host_port(task, pf.guest_port), guest_port=pf.guest_port)
             for pf in job.port_forwards
         ]
         for pf in forwards:
             log.info("guest port %d is reachable at 127.0.0.1:%d", pf.guest_port, pf.host_port)
+        task.state.extra["host_ports"] = {str(pf.guest_port): pf.host_port for pf in forwards}
         network = vmctl.Network(port_forwards=forwards)
     shared: dict[str, Path] = {}
     readonly: set[str] = set()

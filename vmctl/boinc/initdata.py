@@ -62,6 +62,8 @@ class InitData:
     cpu_usage_limit: float | None = None
     leave_apps_in_memory: bool | None = None
     http_proxy: str | None = None
+    vm_extensions_disabled: bool = False
+    """The client saw a VM app fail for want of hardware virtualization on this host."""
     """``host:port`` of the HTTP proxy the volunteer configured, if any."""
 
 
@@ -145,6 +147,7 @@ def parse_init_data(text: str) -> InitData:
         cpu_usage_limit=None if math.isnan(limit) else limit,
         leave_apps_in_memory=None if leave is None else bool(leave),
         http_proxy=proxy,
+        vm_extensions_disabled=bool(_int(root, "vm_extensions_disabled") or 0),
     )
 
 

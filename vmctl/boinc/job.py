@@ -23,6 +23,7 @@ keys (all optional except a disk ``image`` or a ``kernel``)::
     min_checkpoint_interval = 600       # checkpoints every max(this, client's checkpoint period)
     checkpoints = true                  # false: no periodic snapshots (quit still saves state)
     poweroff_completes = true           # the guest powering itself off ends the task
+    require_acceleration = false        # true: no hardware virtualization, no run (the client is told)
     max_retries = 10                    # hypervisor troubles in a row before the task fails
     retry_delay = 30                    # first retry delay (s); doubles each time, at most 1 h
 
@@ -42,18 +43,19 @@ Unknown keys are errors, and so is every value that could reach outside the slot
 ``shared_tag`` naming one of the client's or the adapter's own slot files, a backend option that
 chooses a program, a URI, a host or a directory (those come from the host's profile).
 
-BOINC vboxwrapper's ``vbox_job.xml`` is read too (see
-:data:`VBOX_KEYS`): every key it cannot honour is reported, never silently ignored.
+BOINC vboxwrapper's ``vbox_job.xml`` is read too (see :data:`VBOX_KEYS`): every key it cannot
+honour is reported, never silently ignored, and a key whose guest contract cannot be kept (a
+floppy, ISO or second disk the guest waits for) fails the task at its start.
 
 >>> job = parse_toml('image = "disk.qcow2"\\nmemory_mib = 512\\n[backend_options]\\naccel = "tcg"\\n')
 >>> job.backend, job.image, job.memory_mib, job.backend_options
 ('qemu', 'disk.qcow2', 512, {'accel': 'tcg'})
 >>> job = parse_vbox_xml('<vbox_job><memory_size_mb>1024</memory_size_mb><os_name>Linux26_64</os_name>'
-...                      '<enable_floppyio/></vbox_job>')
->>> job.image, job.memory_mib
-('vm_image.vdi', 1024)
->>> [w.split(':')[0] for w in job.notes]
-['os_name', 'enable_floppyio']
+...                      '<vram_size_mb>16</vram_size_mb><enable_floppyio/></vbox_job>')
+>>> job.image, job.memory_mib, job.needs_acceleration
+('vm_image.vdi', 1024, True)
+>>> [w.split(':')[0] for w in job.notes], [w.split(':')[0] for w in job.refused]
+(['vram_size_mb'], ['enable_floppyio'])
 """
 
 from __future__ import annotations
@@ -75,11 +77,12 @@ from vmctl.boinc._job_model import (
     positive_int,
     relative_name,
 )
-from vmctl.boinc._job_vbox import VBOX_KEYS, parse_vbox_xml
+from vmctl.boinc._job_vbox import VBOX_KEYS, VBOX_OPTIONS, parse_vbox_xml, vbox_image_name
 
 __all__ = [
     "JOB_FILES",
     "VBOX_KEYS",
+    "VBOX_OPTIONS",
     "Job",
     "JobError",
     "Output",
@@ -88,6 +91,7 @@ __all__ = [
     "load_job",
     "parse_toml",
     "parse_vbox_xml",
+    "vbox_image_name",
 ]
 
 # -- TOML ------------------------------------------------------------------------------------------
@@ -118,6 +122,7 @@ _TOML_KEYS = frozenset(
         "backend_options",
         "port_forward",
         "output",
+        "require_acceleration",
     )
 )
 
@@ -146,6 +151,10 @@ def parse_toml(text: str, source: str = "vmctl_job.toml") -> Job:
             if not isinstance(data[key], bool):
                 raise JobError(f"{source}: '{key}' must be true or false, not {data[key]!r}")
             values[key] = data[key]
+    if "require_acceleration" in data:
+        if not isinstance(data["require_acceleration"], bool):
+            raise JobError(f"{source}: 'require_acceleration' must be true or false")
+        values["needs_acceleration"] = data["require_acceleration"]
     for key in _NUM_KEYS:
         if key in data:
             value = data[key]
