@@ -273,12 +273,13 @@ def test_failed_create_removes_the_half_made_machine(sim: Sim) -> None:
     sim.hv.create(sim.spec("half")).destroy()
 
 
-def test_machines_not_made_by_vmctl_are_left_alone(sim: Sim) -> None:
+def test_machines_not_made_by_vmctl_are_adopted_but_not_listed_as_vmctls(sim: Sim) -> None:
     rc, _, _ = sim.vbm("createvm", "--name", "users-own", "--basefolder", str(sim.base_folder), "--register")
     assert rc == 0
     assert "users-own" not in [m.name for m in sim.hv.machines()]
-    with pytest.raises(vmctl.MachineNotFound):
-        sim.hv.machine("users-own")
+    assert "users-own" in [m.name for m in sim.hv.machines(all=True)]
+    own = sim.hv.machine("users-own")
+    assert own.managed is False and own.spec.disk is None  # described by showvminfo: no disk yet
     with pytest.raises(vmctl.MachineExists):
         sim.hv.create(sim.spec("users-own"))
     sim.vbm("unregistervm", "users-own", "--delete")
@@ -393,3 +394,101 @@ def test_the_spec_is_read_back_after_the_base_image_moved_and_checked_again(sim:
         moved.rename(sim.disk)
     sim.connect().machine("moved").destroy()  # an unreadable spec does not keep a machine alive
     assert '"moved"' not in sim.vbm("list", "vms")[1]
+
+
+# -- what the real tool prints (issue 18) -----------------------------------------------------------
+
+
+def env_wrapper(sim: Sim, name: str, **env: str) -> Path:
+    """A VBoxManage that runs the simulator with ``env`` set."""
+    path = sim.vboxmanage.parent / name
+    exports = "".join(f"export {k}='{v}'\n" for k, v in env.items())
+    path.write_text(f'#!/bin/sh\n{exports}exec "{sim.vboxmanage}" "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_non_utf8_locale_reproduces_virtualbox_7_0_printing_nothing(sim: Sim) -> None:
+    sim.hv.create(sim.spec("loc1"))
+    c_locale = env_wrapper(sim, "VBoxManage-C", LANG="C", LC_ALL="C")
+    import subprocess
+
+    listed = subprocess.run([str(c_locale), "list", "vms"], capture_output=True, timeout=30)
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, b"", b"")
+    assert subprocess.run([str(c_locale), "--version"], capture_output=True, timeout=30).stdout.startswith(b"7.0.")
+    # vmctl's own locale gets the output; forcing the old LANG=C gets a clear error, not "no machine".
+    assert "loc1" in sim.hv.transport.list_vms()  # type: ignore[attr-defined]
+    with pytest.raises(vmctl.BackendError, match="printed nothing") as err:
+        sim.connect(env={"LANG": "C", "LC_ALL": "C"}).transport.info("loc1")  # type: ignore[attr-defined]
+    assert err.value.code == "protocol"
+
+
+def test_c_locale_in_71_mode_turns_non_ascii_into_question_marks(sim: Sim) -> None:
+    import subprocess
+
+    utf8 = env_wrapper(sim, "VBoxManage-utf8", LANG="C.UTF-8", LC_ALL="C.UTF-8")
+    create = [str(utf8), "createvm", "--name", "Programación", "--basefolder", str(sim.base_folder), "--register"]
+    assert subprocess.run(create, timeout=30).returncode == 0
+    ascii_mode = env_wrapper(sim, "VBoxManage-ascii", LC_ALL="C", VBOXSIM_C_LOCALE="ascii")
+    listed = subprocess.run([str(ascii_mode), "list", "vms"], capture_output=True, timeout=30)
+    assert listed.stdout.startswith(b'"Programaci?n" {')
+    named = subprocess.run([str(ascii_mode), "showvminfo", "Programación"], capture_output=True, timeout=30)
+    assert named.returncode == 1 and named.stderr == b"VBoxManage: fatal error: RTR3Init: VERR_NO_TRANSLATION\n"
+    assert "Programación" in sim.hv.transport.list_vms()  # type: ignore[attr-defined]
+    subprocess.run([str(utf8), "unregistervm", "Programación", "--delete"], timeout=30, check=True)
+
+
+def test_snapshot_fields_are_printed_unescaped_and_read_back(sim: Sim) -> None:
+    vm = sim.hv.create(sim.spec("snapraw"))
+    vm.snapshot("first", description="ends in a backslash \\")
+    vm.snapshot("second", description='\\\\server\\share "quoted"')
+    code, out, _ = sim.vbm("snapshot", "snapraw", "list", "--machinereadable")
+    assert code == 0
+    assert 'SnapshotDescription="ends in a backslash \\"\n' in out
+    assert 'SnapshotDescription-1="\\\\server\\share "quoted""\n' in out
+    snaps = vm.snapshots()
+    assert [(s.name, s.description) for s in snaps] == [
+        ("first", "ends in a backslash \\"),
+        ("second", '\\\\server\\share "quoted"'),
+    ]
+
+
+def test_running_machine_prints_session_name_and_video_mode(sim: Sim) -> None:
+    vm = sim.hv.create(sim.spec("vidmode"))
+    vm.start()
+    code, out, _ = sim.vbm("showvminfo", "vidmode", "--machinereadable")
+    assert code == 0
+    assert 'draganddrop="disabled"\nSessionName="headless"\nVideoMode="720,400,0"@0,0 1\nvrde="off"\n' in out
+    assert vm.state is State.RUNNING
+    vm.poweroff()
+    _, out, _ = sim.vbm("showvminfo", "vidmode", "--machinereadable")
+    assert "VideoMode" not in out and "SessionName" not in out
+
+
+def test_state_change_time_has_milliseconds_and_no_z(sim: Sim) -> None:
+    import re
+
+    sim.hv.create(sim.spec("stime"))
+    _, out, _ = sim.vbm("showvminfo", "stime", "--machinereadable")
+    assert re.search(r'^VMStateChangeTime="\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}000000"$', out, re.M)
+
+
+def test_savestate_refusal_has_the_real_form_and_maps_to_invalid_state(sim: Sim) -> None:
+    vm = sim.hv.create(sim.spec("refuse"))
+    vm.start()
+    with sim.sim.locked_registry(sim.home) as reg:
+        m = next(m for m in reg.machines.values() if m["name"] == "refuse")
+        m["state"] = "stopping"
+    code, _, err = sim.vbm("controlvm", "refuse", "savestate")
+    assert (code, err) == (1, "VBoxManage: error: Machine in invalid state 12 -- stopping.\n")
+    with pytest.raises(vmctl.InvalidState):
+        sim.hv.transport.control("refuse", "savestate")  # type: ignore[attr-defined]
+    with sim.sim.locked_registry(sim.home) as reg:
+        next(m for m in reg.machines.values() if m["name"] == "refuse")["state"] = "running"
+
+
+def test_missing_kernel_module_is_refused_at_connect(sim: Sim) -> None:
+    broken = env_wrapper(sim, "VBoxManage-nodrv", VBOXSIM_NO_VBOXDRV="1")
+    with pytest.raises(vmctl.BackendUnavailable, match="not properly set up") as err:
+        sim.connect(vboxmanage=str(broken))
+    assert "vboxdrv kernel module is not loaded" in err.value.reason

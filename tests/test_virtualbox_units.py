@@ -11,7 +11,7 @@ import pytest
 
 import vmctl
 from vmctl import State
-from vmctl_virtualbox._errors import is_transient, map_error, parse_error
+from vmctl_virtualbox._errors import error_code, is_transient, map_error, parse_error
 from vmctl_virtualbox._machine import ONLINE, STATE_MAP, TRANSITIONAL
 from vmctl_virtualbox._parse import (
     parse_extradata_enumerate,
@@ -123,11 +123,11 @@ def test_error_parsing_and_mapping() -> None:
     assert plain is not None and plain.code is None and not is_transient(plain)
     assert isinstance(map_error(plain, command=["x"], status=1, machine="m"), vmctl.InvalidState)
     # controlvm savestate while another caller stops the machine (found by bench_stress --seconds 300).
-    # VirtualBox's VBoxManageControlVM.cpp prints RTMsgError("Machine in invalid state %d -- %s\n",
-    # machineState, machineStateToName(machineState, false)): a number, then the name (the number
-    # here is filled in by us); the simulator prints the long name instead of the number.
-    for line in ("Machine in invalid state 12 -- stopping", "Machine in invalid state Stopping -- stopping."):
+    # VirtualBox's VBoxManageControlVM.cpp prints RTMsgError("Machine in invalid state %d -- %s.",
+    # machineState, machineStateToName(machineState, false)): the MachineState number, the long name.
+    for line in ("Machine in invalid state 12 -- stopping.", "Machine in invalid state 8 -- guru meditation"):
         stopping = parse_error(f"VBoxManage: error: {line}\n")
+        assert stopping is not None
         assert isinstance(map_error(stopping, command=["controlvm"], status=1, machine="m"), vmctl.InvalidState)
     nf = parse_error(
         "VBoxManage: error: Could not find a registered machine named 'zz'\n"
@@ -154,17 +154,20 @@ def fake_tool(tmp_path: Path, body: str) -> Path:
     return path
 
 
-def test_commands_are_argv_lists_with_c_locale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commands_are_argv_lists_with_a_utf8_c_locale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     record = tmp_path / "record"
     tool = fake_tool(
         tmp_path,
-        f'echo "LANG=$LANG LC_ALL=$LC_ALL" > "{record}"\nfor a in "$@"; do echo "[$a]" >> "{record}"; done\n',
+        f'echo "LANG=$LANG LC_ALL=$LC_ALL LANGUAGE=$LANGUAGE" > "{record}"\n'
+        f'for a in "$@"; do echo "[$a]" >> "{record}"; done\n',
     )
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    monkeypatch.setenv("LANGUAGE", "de")
     t = VBoxManageTransport(str(tool))
     t.set_extradata("vm", "k", "a b; $(rm -rf /) 'q'")
     lines = record.read_text().splitlines()
-    assert lines[0] == "LANG=C LC_ALL=C"
+    # A UTF-8 C locale: VirtualBox 7.0 prints nothing under LANG=C (hashicorp/vagrant#13145).
+    assert lines[0] == "LANG=C.UTF-8 LC_ALL=C.UTF-8 LANGUAGE=C.UTF-8"
     assert lines[1:] == ["[-q]", "[setextradata]", "[vm]", "[k]", "[a b; $(rm -rf /) 'q']"]
 
 
@@ -230,3 +233,99 @@ def test_auto_uses_vboxapi_only_when_it_reaches_virtualbox(tmp_path: Path, monke
     assert hv.transport.name == "vboxapi"  # type: ignore[attr-defined]
     pinned = vmctl.connect("virtualbox", vboxmanage=str(tool), base_folder=str(tmp_path / "vms"))
     assert pinned.transport.name == "vboxmanage"  # type: ignore[attr-defined]
+
+
+def test_not_found_is_told_by_the_message_form_not_by_a_word() -> None:
+    """A machine named snapshot-runner that is not found is a missing machine (issue 18)."""
+    details = "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component VirtualBoxWrap\n"
+    machine = parse_error("VBoxManage: error: Could not find a registered machine named 'snapshot-runner'\n" + details)
+    assert machine is not None
+    err = map_error(machine, command=["snapshot", "snapshot-runner", "list"], status=1, machine="snapshot-runner")
+    assert isinstance(err, vmctl.MachineNotFound) and err.name == "snapshot-runner"
+    by_uuid = parse_error(
+        "VBoxManage: error: Could not find a registered machine with UUID {0f5c7a46-0000-4000-8000-000000000001}\n"
+        + details
+    )
+    assert by_uuid is not None
+    assert isinstance(map_error(by_uuid, command=["x"], status=1, machine="m"), vmctl.MachineNotFound)
+    snap = parse_error("VBoxManage: error: Could not find a snapshot named 'machine-base'\n" + details)
+    assert snap is not None
+    serr = map_error(snap, command=["snapshot", "m", "restore", "machine-base"], status=1, machine="m")
+    assert isinstance(serr, vmctl.SnapshotNotFound)
+    medium = parse_error(
+        "VBoxManage: error: Could not find file for the medium '/snapshots/x.vdi' (VERR_FILE_NOT_FOUND)\n"
+        "VBoxManage: error: Details: code VBOX_E_OBJECT_NOT_FOUND (0x80bb0001), component MediumWrap\n"
+    )
+    assert medium is not None
+    merr = map_error(medium, command=["storageattach"], status=1, machine="m")
+    assert type(merr) is vmctl.BackendError and merr.code == "not_found"
+    # XPCOM hosts print NS_ERROR_* names: the same codes as the COM ones.
+    ns = parse_error("VBoxManage: error: Details: code NS_ERROR_FAILURE (0x80004005), component MachineWrap\n")
+    assert ns is not None and error_code(ns) == vmctl.ErrorCode.UNKNOWN
+    call = parse_error("VBoxManage: error: Details: code NS_ERROR_CALL_FAILED (0x800706be), component x\n")
+    assert call is not None and error_code(call) == vmctl.ErrorCode.CONNECTION
+
+
+def test_snapshot_values_are_read_unescaped_one_line_each() -> None:
+    """showSnapshots prints names and descriptions with a plain printf (issue 18)."""
+    text = (
+        'SnapshotName="a\\"\nSnapshotUUID="00000000-0000-4000-8000-000000000001"\n'
+        'SnapshotDescription="ends in a backslash \\"\n'
+        'SnapshotName-1="say "hi""\nSnapshotUUID-1="00000000-0000-4000-8000-000000000002"\n'
+        'SnapshotDescription-1="\\\\server\\share"\n'
+        'SnapshotName-1-1="c"\nSnapshotUUID-1-1="00000000-0000-4000-8000-000000000003"\n'
+        'SnapshotDescription-1-1="first line\nSnapshotName-9="not a snapshot""\n'
+        'CurrentSnapshotName="c"\nCurrentSnapshotUUID="00000000-0000-4000-8000-000000000003"\n'
+    )
+    nodes = parse_snapshot_list(text)
+    assert [n.uuid[-1] for n in nodes] == ["1", "2", "3"]
+    assert nodes[0].name == "a\\" and nodes[0].description == "ends in a backslash \\"
+    assert nodes[1].name == 'say "hi"' and nodes[1].description == "\\\\server\\share"
+    assert nodes[2].description == "first line" and nodes[2].current
+    assert parse_snapshot_list("This machine does not have any snapshots\n") == []
+
+
+def test_running_machine_lines_that_are_not_key_value() -> None:
+    """VideoMode="720,400,0"@0,0 1 (VirtualBox 5-7, running machines) stays on its line."""
+    text = (
+        'SessionName="headless"\nVideoMode="720,400,0"@0,0 1\nvrde="off"\n'
+        "GuestAdditionsFacility_VirtualBox Base Driver=50,1458910695598\n"
+        'description="two\nlines"\nname="x"\r\n'
+    )
+    info = parse_machinereadable(text)
+    assert info["VideoMode"] == "720,400,0" and info["vrde"] == "off" and info["SessionName"] == "headless"
+    assert info["GuestAdditionsFacility_VirtualBox Base Driver"] == "50,1458910695598"
+    assert info["description"] == "two\nlines" and info["name"] == "x"
+
+
+def test_version_with_the_kernel_module_warning_refuses_to_connect(tmp_path: Path) -> None:
+    warning = (
+        "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
+        "         available for the current kernel (5.0.0-27-generic) or it failed to\n"
+        "         load. Please recompile the kernel module and install it by\n\n"
+        "           sudo /sbin/vboxconfig\n\n"
+        "         You will not be able to start VMs until this problem is fixed.\n"
+    )
+    tool = fake_tool(tmp_path, f"cat <<'EOF'\n{warning}6.0.12r133076\nEOF\n")
+    with pytest.raises(vmctl.BackendUnavailable, match="not properly set up") as err:
+        vmctl.connect("virtualbox", vboxmanage=str(tool), base_folder=str(tmp_path / "vms"))
+    assert "vboxdrv kernel module is not loaded" in str(err.value) and "vboxconfig" in (err.value.hint or "")
+
+
+def test_nothing_printed_where_output_is_required_is_a_protocol_error(tmp_path: Path) -> None:
+    tool = fake_tool(tmp_path, 'case "$2" in --version) echo 7.0.8r156879;; esac\nexit 0\n')
+    t = VBoxManageTransport(str(tool))
+    for call in (lambda: t.info("vm"), t.list_vms, lambda: t.snapshot_list("vm"), lambda: t.get_extradata("vm", "k")):
+        with pytest.raises(vmctl.BackendError, match="printed nothing") as err:
+            call()
+        assert err.value.code == "protocol" and err.value.native == "VBOXMANAGE_NO_OUTPUT"
+    assert t.version() == "7.0.8r156879"
+
+
+def test_output_is_decoded_as_strict_utf8(tmp_path: Path) -> None:
+    good = fake_tool(tmp_path, "printf '\"Programaci\\303\\263n\" {0f5c7a46-0000-4000-8000-000000000001}\\n'\n")
+    assert list(VBoxManageTransport(str(good)).list_vms()) == ["Programación"]
+    bad = fake_tool(tmp_path, "printf '\"Programaci\\363n\" {0f5c7a46-0000-4000-8000-000000000001}\\n'\n")
+    with pytest.raises(vmctl.BackendError, match="not UTF-8") as err:
+        VBoxManageTransport(str(bad)).list_vms()
+    assert err.value.code == "protocol"

@@ -20,9 +20,9 @@ import psutil
 import pytest
 
 from tests.contract.harness import wait_until
-from tests.contract.harness_vmware import fake_vmdk, load_simulator, make_vmrun, vmx_processes
+from tests.contract.harness_vmware import fake_vmdk, load_simulator, make_vmrun, realworld_sample, vmx_processes
 
-NOT_SUPPORTED = "Error: The operation is not supported for the specified parameters\n"
+NOT_SUPPORTED = "Error: The operation is not supported\n"  # -T player snapshot, Orange-Cyberdefense/GOAD#108
 
 
 @dataclass
@@ -268,3 +268,65 @@ def test_a_vmx_process_uses_cpu_only_while_the_guest_runs(host: Host) -> None:
     assert proc.status() == psutil.STATUS_SLEEPING
     assert host.guest(vmx)["counter"] == stopped_counter
     host.ok("stop", str(vmx), "hard")
+
+
+# -- the real forms (captures under tests/realworld/vmware/) ----------------------------------
+def test_check_tools_state_of_a_powered_off_vm_is_unknown_with_status_minus_2(host: Host) -> None:
+    vmx = host.make_vm("a")
+    # Workstation/Fusion print "unknown" and exit -2 (254 on POSIX): GNS3/gns3-server#1901.
+    assert host.run("checkToolsState", str(vmx)) == (254, "unknown\n")
+    host.ok("start", str(vmx))
+    wait_until(lambda: host.guest(vmx)["ready"], 10, "the guest to boot")
+    assert host.run("checkToolsState", str(vmx)) == (0, "running\n")
+    host.ok("stop", str(vmx), "hard")
+
+
+def test_get_guest_ip_address_as_vmrun_prints_it(host: Host) -> None:
+    vmx = host.make_vm("a", nic=True)
+    assert host.run("getGuestIPAddress", str(vmx)) == (255, "Error: The virtual machine is not powered on\n")
+    host.sim.set_profile(host.home, "a", tools=False)
+    host.ok("start", str(vmx))
+    tools_error = f"Error: The VMware Tools are not running in the virtual machine: {vmx}\n"
+    assert host.run("getGuestIPAddress", str(vmx)) == (255, tools_error)
+    host.sim.set_profile(host.home, "a")
+    status, out = host.run("getGuestIPAddress", str(vmx), "-wait")
+    assert status == 0 and out.count("\n") == 1 and out.startswith("192.168.")
+    assert host.ok("getGuestIPAddress", str(vmx)) == out
+    assert host.run("getGuestIPAddress", str(vmx), "-later") == (255, "Error: One of the parameters was invalid\n")
+    host.ok("stop", str(vmx), "hard")
+
+
+def test_unquoted_values_and_comments_are_read_as_vmware_reads_them(host: Host) -> None:
+    vmx = host.make_vm("a")
+    with vmx.open("a") as f:
+        f.write("# the NIC, as a user would type it\nethernet0.present = TRUE   # on\nethernet0.startConnected=FALSE\n")
+    host.ok("start", str(vmx))
+    assert host.guest(vmx)["link_up"] is False, "ethernet0.startConnected=FALSE was read"
+    host.ok("connectNamedDevice", str(vmx), "ethernet0")  # ethernet0.present = TRUE was read
+    assert host.guest(vmx)["link_up"] is True
+    host.ok("stop", str(vmx), "hard")
+    text = vmx.read_text()
+    assert "# the NIC, as a user would type it\n" in text and "ethernet0.present = TRUE   # on\n" in text
+    assert text.count("cleanShutdown") == 1 and 'cleanShutdown = "TRUE"' in text
+
+
+def test_a_legacy_encoded_vmx_keeps_its_bytes_when_the_simulator_writes_it(host: Host) -> None:
+    vmx = host.make_vm("a")
+    raw = vmx.read_bytes().replace(b'"UTF-8"', b'"windows-1252"') + 'annotation = "Café"\n'.encode("cp1252")
+    vmx.write_bytes(raw)
+    host.ok("start", str(vmx))
+    host.ok("stop", str(vmx), "hard")
+    after = vmx.read_bytes()
+    assert after.startswith(raw) and b"\xef\xbf\xbd" not in after, "no byte was replaced by U+FFFD"
+    assert host.sim.read_dict(vmx)["annotation"] == "Café"
+
+
+def test_snapshot_times_are_read_and_written_signed_as_vmware_writes_them(host: Host) -> None:
+    vmx = host.make_vm("a")
+    _, vmsd = realworld_sample("vmsd-esxi-four-snapshots.vmsd")  # snapshot1.createTimeLow = "-814770620"
+    vmx.with_suffix(".vmsd").write_bytes(vmsd)
+    snaps, current, last = host.sim.read_snapshots(vmx)
+    assert snaps[1]["created"] == (388801 << 32) + (1 << 32) - 814770620 and (current, last) == (4, 4)
+    assert host.ok("listSnapshots", str(vmx)) == "Total snapshots: 4\nSNAPSHOT POST INSTALL\nSECOND\nthird\nfrom cli\n"
+    host.sim.write_snapshots(vmx, snaps, current, last)
+    assert host.sim.read_dict(vmx.with_suffix(".vmsd"))["snapshot1.createtimelow"] == "-814770620"

@@ -36,6 +36,17 @@ ARGV = ["/opt/vmrun", "-T", "ws", "stop", "/vms/a/a.vmx", "hard"]
         ("The file is already in use", E.IN_USE),
         ("Unable to connect to host.", E.HOST_UNREACHABLE),
         ("The operation was cancelled", E.OTHER),
+        # Real captures (tests/realworld/vmware): vmrun's preceding line is kept in the message.
+        ("Unable to connect to host. The operation is not supported for the specified parameters", E.HOST_UNREACHABLE),
+        (
+            "Unable to connect to host. Service type VIX_SERVICEPROVIDER_VMWARE_WORKSTATION was specified,"
+            " but not installed",
+            E.PRODUCT_MISSING,
+        ),
+        ("Unable to connect to host. The specified version was not found", E.PRODUCT_MISSING),
+        ("The operation is not supported", E.NOT_SUPPORTED),
+        ("The virtual machine is not powered on", E.NOT_RUNNING),
+        ("Cannot open VM: /v/owz.vmx, Cannot read the virtual machine configuration file", E.CONFIG_UNREADABLE),
     ],
 )
 def test_vix_messages_are_classified(message: str, kind: str) -> None:
@@ -56,6 +67,18 @@ def test_error_line_with_status_0_is_still_an_error() -> None:
     with pytest.raises(VmrunError) as err:
         check_result(ARGV, 0, "Error: The operation was cancelled\n", "")
     assert err.value.kind == E.OTHER
+
+
+def test_vmruns_own_log_lines_and_unable_to_connect_come_before_the_error_line() -> None:
+    out = "2013-09-07T15:26:59.560| ServiceImpl_Opener: PID 4119\nError: Cannot connect to the virtual machine\n"
+    for status in (0, 255):  # an Error: line after vmrun's log lines is a failure whatever the status
+        with pytest.raises(VmrunError) as err:
+            check_result(ARGV, status, out, "")
+        assert err.value.vix_message == "Cannot connect to the virtual machine"
+    out = "Unable to connect to host.\nError: The operation is not supported for the specified parameters\n"
+    with pytest.raises(VmrunError) as err:
+        check_result(ARGV, 255, out, "")
+    assert err.value.kind == E.HOST_UNREACHABLE and err.value.code is vmctl.ErrorCode.CONNECTION
 
 
 def test_non_zero_status_without_error_line() -> None:

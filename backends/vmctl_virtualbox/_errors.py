@@ -35,6 +35,7 @@ from vmctl.types import State
 __all__ = [
     "CODES",
     "ERROR_CODES",
+    "NS_ALIASES",
     "TRANSIENT_CODES",
     "VBoxErrorInfo",
     "code_name",
@@ -63,10 +64,32 @@ CODES: dict[int, str] = {
     0x80BB000F: "VBOX_E_GSTCTL_GUEST_ERROR",
     0x80BB0010: "VBOX_E_TIMEOUT",
     0x80BB0011: "VBOX_E_DND_ERROR",
+    0x80BB0012: "VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED",
     0x80004005: "E_FAIL",
     0x80070005: "E_ACCESSDENIED",
     0x80070057: "E_INVALIDARG",
     0x80080005: "CO_E_SERVER_EXEC_FAILURE",
+    0x80004001: "E_NOTIMPL",
+    0x80004004: "E_ABORT",
+    0x8000FFFF: "E_UNEXPECTED",
+    0x8007000E: "E_OUTOFMEMORY",
+    0x80040154: "REGDB_E_CLASSNOTREG",
+    0x800706BA: "RPC_S_SERVER_UNAVAILABLE",
+    0x800706BE: "RPC_S_CALL_FAILED",
+}
+
+#: XPCOM (Linux, macOS) names of the same results, as VBoxManage prints them there
+#: (``Details: code NS_ERROR_FAILURE (0x80004005)``); Windows prints the COM names above.
+NS_ALIASES: dict[str, str] = {
+    "NS_ERROR_FAILURE": "E_FAIL",
+    "NS_ERROR_INVALID_ARG": "E_INVALIDARG",
+    "NS_ERROR_NOT_IMPLEMENTED": "E_NOTIMPL",
+    "NS_ERROR_ABORT": "E_ABORT",
+    "NS_ERROR_UNEXPECTED": "E_UNEXPECTED",
+    "NS_ERROR_OUT_OF_MEMORY": "E_OUTOFMEMORY",
+    "NS_ERROR_FACTORY_NOT_REGISTERED": "REGDB_E_CLASSNOTREG",
+    "NS_ERROR_CALL_FAILED": "RPC_S_CALL_FAILED",
+    "NS_ERROR_SOCKET_FAIL": "RPC_S_SERVER_UNAVAILABLE",
 }
 
 #: VirtualBox's result codes in vmctl's vocabulary. VBOX_E_INVALID_OBJECT_STATE is what
@@ -91,16 +114,24 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "VBOX_E_GSTCTL_GUEST_ERROR": ErrorCode.GUEST,
     "VBOX_E_TIMEOUT": ErrorCode.TIMEOUT,
     "VBOX_E_DND_ERROR": ErrorCode.GUEST,
+    "VBOX_E_PLATFORM_ARCH_NOT_SUPPORTED": ErrorCode.UNSUPPORTED,
     "E_FAIL": ErrorCode.UNKNOWN,
     "E_ACCESSDENIED": ErrorCode.AUTH,
     "E_INVALIDARG": ErrorCode.INVALID_ARGUMENT,
     "CO_E_SERVER_EXEC_FAILURE": ErrorCode.CONNECTION,
+    "E_NOTIMPL": ErrorCode.UNSUPPORTED,
+    "E_ABORT": ErrorCode.UNKNOWN,
+    "E_UNEXPECTED": ErrorCode.INTERNAL,
+    "E_OUTOFMEMORY": ErrorCode.RESOURCE,
+    "REGDB_E_CLASSNOTREG": ErrorCode.CONNECTION,
+    "RPC_S_SERVER_UNAVAILABLE": ErrorCode.CONNECTION,
+    "RPC_S_CALL_FAILED": ErrorCode.CONNECTION,
 }
 
 #: VirtualBox codes of the errors worth retrying (those mapped to a transient :class:`ErrorCode`).
 TRANSIENT_CODES = frozenset(name for name, code in ERROR_CODES.items() if code in _TRANSIENT)
 
-_PREFIX = re.compile(r"^(?:VBoxManage(?:\.exe)?|VBoxManage-sim): error: ?(.*)$")
+_PREFIX = re.compile(r"^(?:VBoxManage(?:\.exe)?|VBoxManage-sim): (?:fatal )?error: ?(.*)$")
 _DETAILS = re.compile(r"Details: code (?P<code>[A-Z_][A-Z0-9_]*) \((?P<hr>0x[0-9a-fA-F]+)\)")
 _HEX = re.compile(r"\((0x8[0-9a-fA-F]{7})\)")
 
@@ -158,7 +189,10 @@ def error_code(info: VBoxErrorInfo) -> ErrorCode:
     The code decides; without one, a machine lock held by another session is told by its text.
     """
     if info.code is not None:
-        return ERROR_CODES.get(info.code, ErrorCode.UNKNOWN)
+        name = NS_ALIASES.get(info.code, info.code)
+        if name not in ERROR_CODES and info.hresult is not None:
+            name = CODES.get(info.hresult & 0xFFFFFFFF, name)
+        return ERROR_CODES.get(name, ErrorCode.UNKNOWN)
     text = info.text
     if "is already locked" in text or "being locked or unlocked" in text:
         return ErrorCode.BUSY
@@ -170,9 +204,24 @@ def is_transient(info: VBoxErrorInfo) -> bool:
     return error_code(info) in _TRANSIENT
 
 
-# VBoxManageControlVM.cpp's refusal before it asks VirtualBox anything (savestate of a machine
-# that is no longer running or paused); it carries no COM result code.
-_CONTROLVM_STATE = re.compile(r"Machine in invalid state .* -- ")
+# VBoxManageControlVM.cpp's refusal of savestate when the machine is neither running nor paused,
+# RTMsgError("Machine in invalid state %d -- %s.", MachineState, machineStateToName(state, false)):
+# no COM result code; "%d" is the MachineState number (7.x: Running 6, Stopping 12).
+_CONTROLVM_STATE = re.compile(r"^Machine in invalid state -?\d+ -- [a-z -]+(?: \([a-z]+\))?\.?$")
+# VBoxManageControlVM.cpp, when the machine has no session: "Machine '%s' is not currently running".
+_NOT_RUNNING = re.compile(r"^Machine '.*' is not currently running\.?$")
+# ConsoleImpl.cpp's refusal, printed with VBOX_E_INVALID_VM_STATE (read by its form when a caller
+# kept only the first line): "Invalid machine state: PoweredOff (must be Running, Paused or Stuck)".
+_INVALID_MACHINE_STATE = re.compile(r"^Invalid machine state: [A-Za-z]+(?: \(must be [A-Za-z, ]+\))?\.?$")
+# VBOX_E_OBJECT_NOT_FOUND texts (VirtualBoxImpl.cpp findMachine, MachineImpl.cpp findSnapshotByName
+# / findSnapshotById): the form, not a word in the name, tells a machine from a snapshot.
+_MACHINE_NOT_FOUND = re.compile(
+    r"^Could not find a registered machine (?:named '(?P<name>.*)'|with UUID \{(?P<uuid>[0-9a-fA-F-]+)\})\.?$"
+)
+_SNAPSHOT_NOT_FOUND = re.compile(
+    r"^Could not find a snapshot (?:named '(?P<name>.*)'|with UUID \{(?P<uuid>[0-9a-fA-F-]+)\})"
+    r"(?: in machine '.*')?\.?$"
+)
 
 
 def map_error(
@@ -187,24 +236,31 @@ def map_error(
 ) -> VmctlError:
     """The vmctl error for a VirtualBox error.
 
-    VBOX_E_OBJECT_NOT_FOUND -> :class:`MachineNotFound` (or :class:`SnapshotNotFound` for a
-    snapshot), VBOX_E_INVALID_VM_STATE, "is not currently running" and controlvm's own "Machine
-    in invalid state ... -- NAME." (no COM code: another caller moved the machine) -> :class:`InvalidState`
-    (with state UNKNOWN: the caller fills in the state it reads), anything else ->
-    :class:`BackendError` carrying command, status, output and the code.
+    By the result code and the exact form of the text, never by a word in it (a machine named
+    ``snapshot-runner`` stays a machine): VBOX_E_OBJECT_NOT_FOUND with "Could not find a
+    registered machine named '...'" / "... with UUID {...}" -> :class:`MachineNotFound`, with
+    "Could not find a snapshot named '...'" / "... with UUID {...}" -> :class:`SnapshotNotFound`;
+    VBOX_E_INVALID_VM_STATE, and without a code controlvm's "Machine '...' is not currently
+    running" and "Machine in invalid state N -- NAME." -> :class:`InvalidState` (with state
+    UNKNOWN: the caller fills in the state it reads); anything else (another object not found,
+    e.g. a medium) -> :class:`BackendError` carrying command, status, output and the code.
     """
     text = info.text
-    if info.code == "VBOX_E_OBJECT_NOT_FOUND":
-        if "snapshot" in text.lower() and machine is not None:
-            snap = re.search(r"snapshot (?:named )?'([^']*)'", text)
-            err: VmctlError = SnapshotNotFound(machine, snap.group(1) if snap else "?")
-        else:
-            m = re.search(r"machine named '([^']*)'", text)
-            err = MachineNotFound(m.group(1) if m else (machine or "?"), "virtualbox")
-    elif info.code == "VBOX_E_INVALID_VM_STATE" or "is not currently running" in text or _CONTROLVM_STATE.search(text):
+    code = NS_ALIASES.get(info.code or "", info.code)
+    machine_nf = _MACHINE_NOT_FOUND.match(text)
+    snapshot_nf = _SNAPSHOT_NOT_FOUND.match(text)
+    err: VmctlError
+    if code == "VBOX_E_OBJECT_NOT_FOUND" and machine_nf:
+        err = MachineNotFound(machine_nf.group("name") or machine_nf.group("uuid") or machine or "?", "virtualbox")
+    elif code == "VBOX_E_OBJECT_NOT_FOUND" and snapshot_nf:
+        err = SnapshotNotFound(machine or "?", snapshot_nf.group("name") or snapshot_nf.group("uuid") or "?")
+    elif code == "VBOX_E_INVALID_VM_STATE" or (
+        code is None
+        and (_NOT_RUNNING.match(text) or _CONTROLVM_STATE.match(text) or _INVALID_MACHINE_STATE.match(text))
+    ):
         err = InvalidState(machine or "?", verb or "operate", State.UNKNOWN)
     else:
-        err = BackendError(
+        return BackendError(
             f"VBoxManage failed: {text}" + (f" ({info.code})" if info.code else ""),
             command=list(command) if not isinstance(command, str) else command,
             status=status,
@@ -213,10 +269,11 @@ def map_error(
             code=error_code(info),
             native=info.code,
         )
-        return err
     # The raw output and VirtualBox's code travel with every mapped error, for logs.
-    err.command = list(command) if not isinstance(command, str) else command  # type: ignore[attr-defined]
-    err.status = status  # type: ignore[attr-defined]
-    err.stderr = stderr  # type: ignore[attr-defined]
-    err.native = info.code  # type: ignore[attr-defined]
+    vars(err).update(
+        command=list(command) if not isinstance(command, str) else command,
+        status=status,
+        stderr=stderr,
+        native=info.code,
+    )
     return err

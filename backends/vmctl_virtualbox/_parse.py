@@ -22,10 +22,19 @@ __all__ = [
     "parse_metrics",
     "parse_snapshot_list",
     "parse_snapshot_taken",
+    "parse_version",
     "parse_vm_list",
 ]
 
 _VM_LINE = re.compile(r'^"(?P<name>.*)" \{(?P<uuid>[0-9a-fA-F-]{36})\}\s*$')
+
+#: Keys VBoxManageInfo.cpp's ``showSnapshots`` prints with a plain ``RTPrintf("%s=\"%ls\"")``: their
+#: values are not escaped (a ``"`` or ``\`` in a snapshot's name or description is printed as is,
+#: a newline in a description starts a new line), so each is read from its own line, as printed.
+_RAW_KEY = re.compile(r"^(?:SnapshotName|SnapshotDescription|CurrentSnapshotName)(?:-\d+)*$")
+#: Escaped values that may hold a newline (a machine's free-text description); every other value
+#: ends on its line.
+_MULTILINE_KEYS = frozenset({"description"})
 
 
 def _unescape(value: str) -> str:
@@ -42,8 +51,8 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
-def _closing_quote(text: str, start: int) -> int:
-    """Index of the unescaped ``"`` that ends a value starting at ``start``, or -1."""
+def _escaped_end(text: str, start: int) -> int:
+    """Index of the first unescaped ``"`` at or after ``start``, or -1."""
     i = start
     while i < len(text):
         ch = text[i]
@@ -51,68 +60,82 @@ def _closing_quote(text: str, start: int) -> int:
             i += 2
             continue
         if ch == '"':
-            end = text.find("\n", i)
-            rest = text[i + 1 : end if end != -1 else len(text)]
-            if rest.strip() == "":
-                return i
+            return i
         i += 1
     return -1
 
 
 def _quoted_key_end(line: str) -> int:
     """Index of the ``"`` closing a quoted key (followed by ``=``), or -1."""
-    i = 1
-    while i < len(line):
-        if line[i] == "\\":
-            i += 2
-            continue
-        if line[i] == '"':
-            return i if line[i + 1 : i + 2] == "=" else -1
-        i += 1
-    return -1
+    end = _escaped_end(line, 1)
+    return end if end > 0 and line[end + 1 : end + 2] == "=" else -1
+
+
+def _raw_value(rest: str) -> str:
+    """An unescaped value as printed: the outer quotes stripped, nothing else."""
+    if len(rest) >= 2 and rest.startswith('"') and rest.endswith('"'):
+        return rest[1:-1]
+    return rest[1:] if rest.startswith('"') else rest
 
 
 def parse_machinereadable(text: str) -> dict[str, str]:
     """Parse ``showvminfo --machinereadable`` (or ``snapshot list --machinereadable``) output.
 
-    Keys may be quoted (``"SATA-0-0"``); string values are quoted with ``\\"`` and ``\\\\``
-    escaped and may span lines; numbers are bare. Lines that are not ``key=value`` are skipped.
+    One ``key=value`` per line, the key anchored at the line start. Keys may be quoted
+    (``"SATA-0-0"``); string values are quoted with ``\\"`` and ``\\\\`` escaped, except the
+    snapshot keys, printed unescaped (:data:`_RAW_KEY`), which are taken as printed with only the
+    outer quotes stripped. Numbers are bare. Text after a value's closing quote is dropped
+    (running machines print ``VideoMode="720,400,0"@0,0 1``). Only ``description`` may continue
+    on the next lines (VirtualBox escapes no newline). Lines that are not ``key=value`` are
+    skipped; the first of two equal keys wins.
     """
     result: dict[str, str] = {}
-    pos = 0
-    n = len(text)
-    while pos < n:
-        eol = text.find("\n", pos)
-        if eol == -1:
-            eol = n
-        line = text[pos:eol]
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip("\r")
+        i += 1
         if line.startswith('"'):
             key_end = _quoted_key_end(line)
             if key_end < 0:
-                pos = eol + 1
                 continue
             key = _unescape(line[1:key_end])
-            value_start = pos + key_end + 2
+            rest = line[key_end + 2 :]
         else:
             eq = line.find("=")
             if eq <= 0:
-                pos = eol + 1
                 continue
             key = line[:eq]
-            value_start = pos + eq + 1
-        if value_start < n and text[value_start] == '"':
-            close = _closing_quote(text, value_start + 1)
-            if close == -1:
-                result[key] = _unescape(text[value_start + 1 : eol])
-                pos = eol + 1
-            else:
-                result[key] = _unescape(text[value_start + 1 : close])
-                nl = text.find("\n", close)
-                pos = n if nl == -1 else nl + 1
-        else:
+            rest = line[eq + 1 :]
+        if key in result:
+            continue
+        if _RAW_KEY.match(key):
+            result[key] = _raw_value(rest)
+            continue
+        if not rest.startswith('"'):
             # Numbers are bare; VBoxManage prints one key with a doubled "=" (VRDEClients==0).
-            result[key] = text[value_start:eol].strip().lstrip("=")
-            pos = eol + 1
+            result[key] = rest.strip().lstrip("=")
+            continue
+        close = _escaped_end(rest, 1)
+        if close != -1:
+            result[key] = _unescape(rest[1:close])
+            continue
+        if key in _MULTILINE_KEYS:
+            body = rest[1:]
+            j = i
+            while j < len(lines):
+                nxt = lines[j].rstrip("\r")
+                end = _escaped_end(nxt, 0)
+                if end != -1 and nxt[end + 1 :].strip() == "":
+                    result[key] = _unescape(body + "\n" + "\n".join([*lines[i:j], nxt[:end]]))
+                    i = j + 1
+                    break
+                j += 1
+            else:
+                result[key] = _unescape(body)
+            if key in result:
+                continue
+        result[key] = _unescape(rest[1:])
     return result
 
 
@@ -139,9 +162,11 @@ class SnapshotNode:
 
 
 def parse_snapshot_list(text: str) -> list[SnapshotNode]:
-    """The snapshot tree (``SnapshotName``, ``SnapshotName-1``, ``SnapshotName-1-2``, ...)."""
-    if "does not have any snapshots" in text:
-        return []
+    """The snapshot tree (``SnapshotName``, ``SnapshotName-1``, ``SnapshotName-1-2``, ...).
+
+    Names and descriptions are opaque text; a snapshot is known by its UUID. A machine without
+    snapshots prints ``This machine does not have any snapshots`` (no ``SnapshotName`` line).
+    """
     values = parse_machinereadable(text)
     current = values.get("CurrentSnapshotUUID", "").lower()
     by_suffix: dict[str, str] = {}
@@ -153,6 +178,9 @@ def parse_snapshot_list(text: str) -> list[SnapshotNode]:
         if suffix and not re.fullmatch(r"(-\d+)+", suffix):
             continue
         uuid = values.get("SnapshotUUID" + suffix, "").lower()
+        if not _UUID.fullmatch(uuid):
+            # Not a snapshot: a line of a multi-line description that looks like one.
+            continue
         by_suffix[suffix] = uuid
         parent_suffix = suffix.rsplit("-", 1)[0] if suffix else None
         parent = by_suffix.get(parent_suffix) if parent_suffix is not None else None
@@ -169,6 +197,28 @@ def parse_snapshot_list(text: str) -> list[SnapshotNode]:
     return nodes
 
 
+_VERSION = re.compile(r"^\d+\.\d+\.\d+\S*$")
+
+
+def parse_version(text: str) -> tuple[str | None, str]:
+    """``--version``: (the version line or None, the text printed before it).
+
+    A host without the vboxdrv kernel module prints a ``WARNING: The vboxdrv kernel module is not
+    loaded. ...`` paragraph before the version (exit status 0).
+
+    >>> parse_version("7.0.20r163906\\n")
+    ('7.0.20r163906', '')
+    >>> parse_version("WARNING: The vboxdrv kernel module is not loaded.\\n\\n6.0.8r130520\\n")
+    ('6.0.8r130520', 'WARNING: The vboxdrv kernel module is not loaded.')
+    """
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    for i in range(len(lines) - 1, -1, -1):
+        if _VERSION.match(lines[i].strip()):
+            return lines[i].strip(), "\n".join(lines[:i]).strip()
+    return None, text.strip()
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TAKEN = re.compile(r"Snapshot taken\. UUID: ([0-9a-fA-F-]{36})")
 
 

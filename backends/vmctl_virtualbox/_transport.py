@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmctl.errors import Unsupported
 from vmctl.types import Network
 
 __all__ = ["SnapshotInfo", "Transport", "VMInfo"]
@@ -137,6 +138,10 @@ class Transport(ABC):
     @abstractmethod
     def unregister_delete(self, vm: str, timeout: float) -> None:
         """Unregister and delete the settings, logs, saved states and every attached disk."""
+
+    def unregister(self, vm: str, timeout: float) -> None:
+        """Unregister only: every file of the VM stays (an adopted VM's destroy)."""
+        raise Unsupported("virtualbox", "destroy", "this transport cannot unregister a VM without deleting it")
 
     @abstractmethod
     def vm_pid(self, vm: str, info: VMInfo) -> int | None:

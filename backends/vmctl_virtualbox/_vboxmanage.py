@@ -1,4 +1,13 @@
-"""The VBoxManage transport: every call an argv list, run with ``LANG=C`` and a timeout.
+"""The VBoxManage transport: every call an argv list, run with a UTF-8 C locale and a timeout.
+
+The locale is ``C.UTF-8`` (``LC_ALL``, ``LANG`` and ``LANGUAGE``), not ``C``: VirtualBox 7.0
+prints nothing at all under ``LANG=C`` (hashicorp/vagrant#13145, GNS3/gns3-server#2266) and under
+``LC_ALL=C`` prints a non-ASCII machine name as ``?`` (VirtualBox/virtualbox#371). Output is
+decoded as strict UTF-8 so that a name read back is the name VirtualBox holds; output that is not
+UTF-8 (VirtualBox 4.x-5.x on Windows printed the ANSI code page, hashicorp/vagrant#4978) is decoded
+with that code page on Windows and is a :class:`~vmctl.BackendError` (``protocol``) elsewhere.
+Commands that always print something (``--version``, ``showvminfo``, ``snapshot list``,
+``getextradata``, ``metrics query``) raise a ``protocol`` error when they print nothing.
 
 Errors are read from stderr whatever the exit status (VBoxManage can exit 0 after printing
 ``VBoxManage: error: ...``), ``startvm`` counts as successful when it printed ``has been
@@ -9,6 +18,8 @@ exponential backoff, as BOINC's vboxwrapper does.
 
 from __future__ import annotations
 
+import functools
+import locale
 import logging
 import os
 import shutil
@@ -17,9 +28,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from vmctl.backend.tools import run_tool
-from vmctl.errors import BackendError
+from vmctl.errors import BackendError, BackendUnavailable, ErrorCode
 from vmctl.types import Network
 
 from ._errors import VBoxErrorInfo, is_transient, map_error, parse_error
@@ -31,6 +43,7 @@ from ._parse import (
     parse_metrics,
     parse_snapshot_list,
     parse_snapshot_taken,
+    parse_version,
     parse_vm_list,
 )
 from ._transport import SnapshotInfo, Transport, VMInfo
@@ -41,6 +54,41 @@ log = logging.getLogger("vmctl.virtualbox")
 
 CONTROLLER = "SATA"
 STARTED = "has been successfully started"
+
+
+@functools.lru_cache(maxsize=1)
+def utf8_locale() -> str:
+    """The UTF-8 C locale of this host: ``C.UTF-8`` unless ``locale -a`` offers only another."""
+    try:
+        proc = subprocess.run(["locale", "-a"], capture_output=True, text=True, timeout=10, check=False)
+        available = {line.strip() for line in proc.stdout.splitlines()}
+    except (OSError, subprocess.SubprocessError):
+        return "C.UTF-8"
+    if available & {"C.UTF-8", "C.utf8"} or not available & {"en_US.UTF-8", "en_US.utf8"}:
+        return "C.UTF-8"
+    return "en_US.UTF-8" if "en_US.UTF-8" in available else "en_US.utf8"
+
+
+def locale_env() -> dict[str, str]:
+    """What VBoxManage's environment gets on top of :func:`vmctl.backend.tools.c_locale_env`."""
+    name = utf8_locale()
+    return {"LANG": name, "LC_ALL": name, "LANGUAGE": name}
+
+
+def decode_output(data: bytes, what: str) -> str:
+    """VBoxManage's stdout as text; see the module's docstring."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if sys.platform == "win32":
+            return data.decode(locale.getpreferredencoding(False), errors="replace")
+        raise BackendError(
+            f"{what} printed output that is not UTF-8 ({exc}); VBoxManage was run with LC_ALL={utf8_locale()}",
+            command=what,
+            stdout=data.decode("utf-8", errors="replace"),
+            code=ErrorCode.PROTOCOL,
+            native="VBOXMANAGE_NOT_UTF8",
+        ) from exc
 
 
 def find_vboxmanage() -> str | None:
@@ -78,6 +126,8 @@ class VBoxManageTransport(Transport):
         self.retries = retries
         self.retry_delay = retry_delay
         self.env = dict(env or {})
+        #: ``modifyvm --nat-localhostreachableN`` exists (VirtualBox 7); :meth:`version` sets it
+        self.localhost_switch = True
 
     # -- running VBoxManage ------------------------------------------------------------------
     def _argv(self, args: Sequence[str]) -> list[str]:
@@ -104,7 +154,13 @@ class VBoxManageTransport(Transport):
         attempt = 0
         while True:
             left = max(1.0, deadline - time.monotonic())
-            proc = run_tool(argv, timeout=left, check=False, env=self.env)
+            raw = run_tool(argv, timeout=left, check=False, env={**locale_env(), **self.env}, text=False)
+            proc = subprocess.CompletedProcess(
+                raw.args,
+                raw.returncode,
+                decode_output(raw.stdout, " ".join(argv[1:4])),
+                raw.stderr.decode("utf-8", errors="replace"),
+            )
             if ok_if is not None and ok_if in proc.stdout:
                 if not expected and (proc.returncode != 0 or "error:" in proc.stderr):
                     log.warning(
@@ -145,16 +201,65 @@ class VBoxManageTransport(Transport):
                 verb=verb,
             )
 
+    def output(self, args: Sequence[str], **kwargs: Any) -> str:
+        """:meth:`run` for a command that always prints something: its stdout, never empty."""
+        proc = self.run(args, **kwargs)
+        if proc.stdout.strip():
+            return proc.stdout
+        raise self._no_output(args, proc)
+
+    def _no_output(self, args: Sequence[str], proc: subprocess.CompletedProcess[str]) -> BackendError:
+        what = " ".join(str(a) for a in args[:3])
+        return BackendError(
+            f"VBoxManage {what} printed nothing (exit {proc.returncode}). VirtualBox 7.0 does this under a "
+            f"non-UTF-8 locale such as LANG=C; vmctl runs it with LC_ALL={utf8_locale()}: check that this "
+            "locale exists (locale -a) and that VBoxSVC and VBoxXPCOMIPCD, which keep the locale they were "
+            "started with, were not started under another one (stop them, or wait until they exit)",
+            command=self._argv(args),
+            status=proc.returncode,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            code=ErrorCode.PROTOCOL,
+            native="VBOXMANAGE_NO_OUTPUT",
+        )
+
     # -- Transport ---------------------------------------------------------------------------
     def version(self) -> str:
+        """VirtualBox's version; :class:`~vmctl.BackendUnavailable` for a broken install.
+
+        ``--version`` prints a warning before the version when the vboxdrv kernel module is not
+        loaded; such an install can list machines but not start them, so it is refused here, as
+        Vagrant and Packer do ("VirtualBox is not properly setup").
+        """
         proc = self.run(["--version"], timeout=min(self.timeout, 60))
-        return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "?"
+        version, warning = parse_version(proc.stdout)
+        if warning:
+            raise BackendUnavailable(
+                "virtualbox",
+                f"VirtualBox is not properly set up: {self.executable} --version says: {' '.join(warning.split())}",
+                "the VirtualBox kernel modules: do what the warning says (sudo /sbin/vboxconfig, or "
+                "sudo modprobe vboxdrv), then check that VBoxManage --version prints only the version",
+            )
+        if version is None:
+            raise BackendUnavailable(
+                "virtualbox",
+                f"{self.executable} --version printed no version ({proc.stdout.strip()[:200]!r})",
+                "a working VirtualBox from https://www.virtualbox.org",
+            )
+        major = version.split(".", 1)[0]
+        self.localhost_switch = not major.isdigit() or int(major) >= 7
+        return version
 
     def list_vms(self) -> dict[str, str]:
-        return parse_vm_list(self.run(["list", "vms"]).stdout)
+        proc = self.run(["list", "vms"])
+        if not proc.stdout.strip():
+            # No machines, or VirtualBox printing nothing at all (the locale fault): a command
+            # that always prints something tells the two apart.
+            self.output(["list", "systemproperties"])
+        return parse_vm_list(proc.stdout)
 
     def info(self, vm: str) -> VMInfo:
-        raw = parse_machinereadable(self.run(["showvminfo", vm, "--machinereadable"], machine=vm).stdout)
+        raw = parse_machinereadable(self.output(["showvminfo", vm, "--machinereadable"], machine=vm))
         disks = {k: v for k, v in raw.items() if k.startswith(CONTROLLER + "-") and k.count("-") == 2 and v != "none"}
         cable = raw.get("cableconnected1")
         try:
@@ -222,6 +327,10 @@ class VBoxManageTransport(Transport):
             args += ["--nic1", "none"]
         else:
             args += ["--nic1", "nat", "--cableconnected1", "on"]
+            if self.localhost_switch:
+                # VirtualBox 7 (off by default, set anyway): the NAT gateway never reaches host
+                # loopback services. VirtualBox 6.1 has no such switch (docs/boinc.md).
+                args += ["--nat-localhostreachable1", "off"]
             for pf in network.port_forwards:
                 rule = f"{pf.protocol}{pf.host_port},{pf.protocol},{pf.host_address},{pf.host_port},,{pf.guest_port}"
                 args += ["--natpf1", rule]
@@ -252,7 +361,7 @@ class VBoxManageTransport(Transport):
         self.run(args, machine=vm, verb="create")
 
     def get_extradata(self, vm: str, key: str) -> str | None:
-        return parse_extradata_value(self.run(["getextradata", vm, key], machine=vm).stdout)
+        return parse_extradata_value(self.output(["getextradata", vm, key], machine=vm))
 
     def set_extradata(self, vm: str, key: str, value: str | None) -> None:
         args = ["setextradata", vm, key]
@@ -261,7 +370,9 @@ class VBoxManageTransport(Transport):
         self.run(args, machine=vm)
 
     def extradata(self, vm: str) -> dict[str, str]:
-        return parse_extradata_enumerate(self.run(["getextradata", vm, "enumerate"], machine=vm).stdout)
+        proc = self.run(["getextradata", vm, "enumerate"], machine=vm)
+        # A machine without extradata prints nothing, so an empty answer is not checked here.
+        return parse_extradata_enumerate(proc.stdout)
 
     def start(self, vm: str, timeout: float) -> None:
         self.run(["startvm", vm, "--type", "headless"], timeout=timeout, machine=vm, verb="start", ok_if=STARTED)
@@ -298,6 +409,8 @@ class VBoxManageTransport(Transport):
             ok_if="does not have any snapshots",
             expected=True,
         )
+        if not proc.stdout.strip():
+            raise self._no_output(["snapshot", vm, "list"], proc)
         return [
             SnapshotInfo(
                 name=n.name,
@@ -319,6 +432,9 @@ class VBoxManageTransport(Transport):
     def unregister_delete(self, vm: str, timeout: float) -> None:
         self.run(["unregistervm", vm, "--delete"], timeout=timeout, machine=vm, verb="destroy")
 
+    def unregister(self, vm: str, timeout: float) -> None:
+        self.run(["unregistervm", vm], timeout=timeout, machine=vm, verb="destroy")
+
     def vm_pid(self, vm: str, info: VMInfo) -> int | None:
         if not info.log_folder:
             return None
@@ -331,7 +447,7 @@ class VBoxManageTransport(Transport):
 
     def metrics(self, vm: str) -> dict[str, tuple[float, str]]:
         self.run(["metrics", "setup", "--period", "1", "--samples", "1", vm, "CPU/Load,RAM/Usage"], machine=vm)
-        table = parse_metrics(self.run(["metrics", "query", vm, "CPU/Load/User,CPU/Load/Kernel,RAM/Usage/Used"]).stdout)
+        table = parse_metrics(self.output(["metrics", "query", vm, "CPU/Load/User,CPU/Load/Kernel,RAM/Usage/Used"]))
         for obj, values in table.items():
             if obj == vm or not table.get(vm):
                 return values

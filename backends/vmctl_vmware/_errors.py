@@ -34,6 +34,8 @@ INVALID_ARGUMENT = "invalid_argument"
 ALREADY_EXISTS = "already_exists"
 IN_USE = "in_use"
 HOST_UNREACHABLE = "host_unreachable"
+PRODUCT_MISSING = "product_missing"
+CONFIG_UNREADABLE = "config_unreadable"
 PERMISSION = "permission"
 OTHER = "other"
 
@@ -51,13 +53,18 @@ ERROR_CODES: dict[str, ErrorCode] = {
     ALREADY_EXISTS: ErrorCode.EXISTS,
     IN_USE: ErrorCode.BUSY,
     HOST_UNREACHABLE: ErrorCode.CONNECTION,
+    PRODUCT_MISSING: ErrorCode.UNSUPPORTED,
+    CONFIG_UNREADABLE: ErrorCode.IO,
     PERMISSION: ErrorCode.AUTH,
     OTHER: ErrorCode.UNKNOWN,
 }
 
 # Checked in order: the Tools message also says "not running", and "is not running" must win
-# over "running".
+# over "running"; vmrun's "Unable to connect to host." line (kept before the Error: text, see
+# check_result) says more than the error after it, unless that names a missing product.
 _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (PRODUCT_MISSING, re.compile(r"was specified, but not installed|specified version was not found", re.I)),
+    (HOST_UNREACHABLE, re.compile(r"(unable|cannot|failed) to connect to (the )?host", re.I)),
     (ENCRYPTED, re.compile(r"password is required", re.I)),
     (TOOLS_NOT_RUNNING, re.compile(r"tools (are|is) not running|tools.*not running", re.I)),
     (NOT_RUNNING, re.compile(r"not powered on|needs to be powered on|is not running", re.I)),
@@ -69,7 +76,7 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (INVALID_ARGUMENT, re.compile(r"parameters was invalid|invalid argument", re.I)),
     (ALREADY_EXISTS, re.compile(r"already exists", re.I)),  # VIX_E_FILE_ALREADY_EXISTS
     (IN_USE, re.compile(r"already in use|is locked|locked by another", re.I)),  # VIX_E_FILE_ALREADY_LOCKED
-    (HOST_UNREACHABLE, re.compile(r"(unable|cannot|failed) to connect to (the )?host", re.I)),
+    (CONFIG_UNREADABLE, re.compile(r"cannot read the virtual machine configuration file", re.I)),
     (PERMISSION, re.compile(r"insufficient permissions|permission denied|access denied", re.I)),
 )
 
@@ -104,19 +111,31 @@ class VmrunError(BackendError):
         )
 
 
+#: A line vmrun prints before ``Error:`` when it cannot reach the VMware product it was told to use.
+UNABLE_TO_CONNECT = "Unable to connect to host."
+#: A line of vmrun's own log on stdout: ``2013-09-07T15:26:59.560| ServiceImpl_Opener: PID 4119``.
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+\|")
+
+
 def check_result(command: Sequence[str], status: int, stdout: str, stderr: str) -> str:
     """Return vmrun's stdout, or raise :class:`VmrunError` if it reported a failure.
 
-    A failure is a non-zero status, or an ``Error:`` line as the first line of output.
+    A failure is a non-zero status, or an ``Error:`` line as the first line of output. Lines
+    vmrun logs before its ``Error:`` line (``ServiceImpl_Opener: PID ...``) are not the message;
+    ``Unable to connect to host.`` is kept in front of it.
     """
     lines = [line.strip() for line in stdout.splitlines() if line.strip()]
     err_lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines + err_lines if line.startswith("Error:")]
-    first_is_error = bool(lines) and lines[0].startswith("Error:")
+    said = [line for line in lines if not _LOG_LINE.match(line)]
+    first_is_error = bool(said) and (said[0].startswith("Error:") or said[0] == UNABLE_TO_CONNECT)
     if status == 0 and not first_is_error:
         return stdout
     if errors:
         message = errors[0][len("Error:") :].strip()
+        before = lines[: lines.index(errors[0])] if errors[0] in lines else []
+        if UNABLE_TO_CONNECT in before:
+            message = f"{UNABLE_TO_CONNECT} {message}"
     elif lines or err_lines:
         message = (lines or err_lines)[0]
     else:

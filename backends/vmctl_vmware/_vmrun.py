@@ -16,11 +16,13 @@ from vmctl.backend.tools import Background, run_tool
 
 from ._errors import VmrunError, check_result
 
-__all__ = ["ENV_VMRUN", "STANDARD_LOCATIONS", "Vmrun", "find_vmrun"]
+__all__ = ["ENV_VMRUN", "STANDARD_LOCATIONS", "TOOLS_STATES", "Vmrun", "find_vmrun"]
 
 log = logging.getLogger("vmctl.vmware")
 
 ENV_VMRUN = "VMCTL_VMRUN"
+#: What ``checkToolsState`` prints (VIX_TOOLSSTATE_*; ``notInstalled`` on some builds).
+TOOLS_STATES = ("running", "installed", "unknown", "notInstalled")
 #: Where VMware installs vmrun when it is not on PATH.
 STANDARD_LOCATIONS = (
     "/usr/bin/vmrun",
@@ -65,6 +67,26 @@ class Vmrun:
         argv = self.argv(verb, *args)
         proc = run_tool(argv, timeout=max(timeout, 1.0), check=False)
         return check_result(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def tools_state(self, vmx: str | os.PathLike[str], *, timeout: float) -> str:
+        """``checkToolsState``: ``running``, ``installed`` or ``unknown``.
+
+        vmrun prints ``unknown`` for a powered-off VM and exits -2 (254 on POSIX hosts), so the
+        word is the answer whatever the status; an ``Error:`` line is still an error.
+        """
+        argv = self.argv("checkToolsState", vmx)
+        proc = run_tool(argv, timeout=max(timeout, 1.0), check=False)
+        words = proc.stdout.split()
+        if len(words) == 1 and words[0] in TOOLS_STATES:
+            return words[0]
+        check_result(argv, proc.returncode, proc.stdout, proc.stderr)
+        raise VmrunError(
+            f"checkToolsState printed {proc.stdout[:200]!r}",
+            command=argv,
+            status=proc.returncode,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+        )
 
     def spawn(self, verb: str, *args: str | os.PathLike[str], timeout: float) -> None:
         """Start one verb without waiting; it is killed if still running after ``timeout``.

@@ -8,9 +8,10 @@ machine's settings, runtime, snapshots and simulated guest) in the directory nam
 environment variable ``VBOXSIM_HOME``, and reproduces VBoxManage 7's output formats and
 behaviour for every verb vmctl's backend uses:
 
-``--version``, ``list vms|runningvms``, ``showvminfo <vm> --machinereadable``, ``createvm
+``--version``, ``list vms|runningvms|systemproperties``, ``showvminfo <vm> --machinereadable``, ``createvm
 --name --basefolder [--ostype] --register``, ``modifyvm`` (``--memory --cpus --ioapic --acpi
---boot<N> --nic1 --natpf1 --cableconnected1 --uart1 --uartmode1 --cpuexecutioncap``),
+--boot<N> --nic1 --natpf1 --cableconnected1 --nat-localhostreachable1 --uart1 --uartmode1
+--cpuexecutioncap``),
 ``storagectl --name --add --controller --portcount --bootable``, ``storageattach --storagectl
 --port --device --type hdd --medium <file>|none [--mtype normal|multiattach|immutable]``,
 ``sharedfolder add --name --hostpath``, ``setextradata``/``getextradata`` (including
@@ -58,6 +59,20 @@ What was checked, and where (read with the project's search tool, not copied):
   (0x80bb0007)``) and BOINC's vboxwrapper, which retries that error with exponential backoff,
   parses ``(0x...)`` from the output whatever the exit code, and reads the VM's process id
   from the ``Process ID: N`` line of ``<LogFldr>/VBox.log``.
+
+What real captures showed (``tests/realworld/virtualbox/``, compared with this simulator's output
+by ``tests/test_virtualbox_realworld.py``): snapshot names and descriptions printed with a plain
+printf, unescaped (VBoxManageInfo.cpp ``showSnapshots``); ``SessionName="headless"`` and
+``VideoMode="720,400,0"@0,0 1`` for a machine with a session; ``VMStateChangeTime`` in
+milliseconds without ``Z``; controlvm's ``Machine in invalid state 12 -- stopping.`` (the
+MachineState number and machineStateToName's long name, no COM code); a missing snapshot
+reported by component SessionMachine. Under a locale whose charset is not UTF-8 (``LANG=C``)
+the simulator prints nothing and exits 0, as VirtualBox 7.0 does (hashicorp/vagrant#13145); with
+``VBOXSIM_C_LOCALE=ascii`` it behaves as 7.1 (VirtualBox/virtualbox#371): non-ASCII output
+becomes ``?`` and a non-ASCII argument fails with ``VBoxManage: fatal error: RTR3Init:
+VERR_NO_TRANSLATION``. ``VBOXSIM_NO_VBOXDRV=1`` prints the missing-kernel-module warning of
+the VBox.sh wrapper before every answer (``--version`` included) and fails ``startvm``.
+``list systemproperties`` prints the first lines of 7.0's answer.
 
 Quirks reproduced on demand through ``$VBOXSIM_HOME/faults.json`` (see :func:`add_fault`):
 ``lock`` (the transient VBOX_E_INVALID_OBJECT_STATE error, the command not done), ``fail``
@@ -118,15 +133,21 @@ HRESULTS = {
     "VBOX_E_OBJECT_IN_USE": 0x80BB000C,
     "E_INVALIDARG": 0x80070057,
     "E_FAIL": 0x80004005,
+    "NS_ERROR_FAILURE": 0x80004005,
 }
 
 # The VM process: sleeps, burns cap% of 1 ms every 20 ms, exits once the pid file stops naming it.
+# The simulator writes the pid file after starting the process, so until the file has named it
+# once the process waits up to 2 s for it (on a loaded host it read the previous run's file first
+# and exited at once: the machine then read as aborted right after startvm).
 VM_PROCESS_CODE = r"""
 import json, os, sys, time
 pidfile = sys.argv[1]
 me = os.getpid()
 cap = 100
 checked = 0.0
+started = time.monotonic()
+named = False
 while True:
     now = time.monotonic()
     if now - checked > 0.25:
@@ -136,9 +157,11 @@ while True:
                 data = json.load(f)
         except (OSError, ValueError):
             data = {}
-        if data.get("pid") != me:
+        if data.get("pid") == me:
+            named = True
+        elif named or now - started > 2.0:
             sys.exit(0)
-        cap = int(data.get("cap", 100))
+        cap = int(data.get("cap", 100)) if data.get("pid") == me else cap
     end = time.monotonic() + 0.001 * cap / 100
     while time.monotonic() < end:
         pass
@@ -183,6 +206,13 @@ class VBoxError(Exception):
         return out
 
 
+class PlainError(VBoxError):
+    """An RTMsgError of VBoxManage itself: one ``VBoxManage: error:`` line, no Details/Context."""
+
+    def __init__(self, text: str, status: int = 1) -> None:
+        super().__init__(text, status=status)
+
+
 class SyntaxErr(VBoxError):
     def __init__(self, text: str) -> None:
         super().__init__(text, status=2)
@@ -212,6 +242,30 @@ def lock_error(name: str, source: str, context: str, launching: bool = False) ->
         else f"The machine '{name}' is already locked for a session (or being unlocked)"
     )
     return VBoxError(text, "VBOX_E_INVALID_OBJECT_STATE", "MachineWrap", "IMachine", context, source, line=727)
+
+
+#: MachineState numbers of VirtualBox 7 (VirtualBox.xidl; 6.1 and older lack AbortedSaved = 5).
+STATE_NUMBERS = {
+    "poweroff": 1,
+    "saved": 2,
+    "teleported": 3,
+    "aborted": 4,
+    "aborted-saved": 5,
+    "running": 6,
+    "paused": 7,
+    "gurumeditation": 8,
+    "starting": 11,
+    "stopping": 12,
+    "saving": 13,
+    "restoring": 14,
+    "onlinesnapshotting": 19,
+}
+#: machineStateToName(state, false): the long names VBoxManage prints in messages.
+STATE_LONG = {
+    "poweroff": "powered off",
+    "gurumeditation": "guru meditation",
+    "onlinesnapshotting": "online snapshotting",
+}
 
 
 def state_name_long(state: str) -> str:
@@ -263,8 +317,13 @@ def now() -> float:
 
 
 def iso(t: float) -> str:
+    """A time as ``VMStateChangeTime`` prints it: milliseconds in a nanosecond field, no ``Z``.
+
+    VBoxManageInfo.cpp formats the millisecond timestamp with RTTimeSpecToString into a 30-byte
+    buffer; every captured output reads ``2019-02-09T21:00:33.575000000`` (tests/realworld/).
+    """
     dt = datetime.datetime.fromtimestamp(t, datetime.UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond * 1000:09d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}000000"
 
 
 class Registry:
@@ -581,8 +640,22 @@ def save_settings(m: dict[str, Any]) -> None:
 
 
 def cmd_list(reg: Registry, args: list[str], out: list[str]) -> None:
-    if not args or args[0] not in ("vms", "runningvms", "hdds"):
+    if not args or args[0] not in ("vms", "runningvms", "hdds", "systemproperties"):
         raise SyntaxErr(f"Invalid parameter '{args[0] if args else ''}'")
+    if args[0] == "systemproperties":
+        # The first lines of VirtualBox 7.0's answer (GNS3/gns3-server#2266); the rest is not simulated.
+        out.append(
+            "API version:                     7_0\n"
+            "Minimum guest RAM size:          4 Megabytes\n"
+            "Maximum guest RAM size:          2097152 Megabytes\n"
+            "Minimum video RAM size:          0 Megabytes\n"
+            "Maximum video RAM size:          256 Megabytes\n"
+            "Maximum guest monitor count:     64\n"
+            "Minimum guest CPU count:         1\n"
+            "Maximum guest CPU count:         64\n"
+            f"Default machine folder:          {home() / 'VirtualBox VMs'}\n"
+        )
+        return
     if args[0] == "hdds":
         for u, med in reg.media.items():
             out.append(f"UUID:           {u}\nParent UUID:    {med.get('parent') or 'base'}\n")
@@ -601,12 +674,13 @@ def snapshot_lines(m: dict[str, Any]) -> list[str]:
 
     def walk(u: str, prefix: str) -> None:
         s = snaps[u]
-        lines.append(f'SnapshotName{prefix}="{mr_escape(s["name"])}"\n')
+        # VBoxManageInfo.cpp showSnapshots prints these with a plain RTPrintf: not escaped.
+        lines.append(f'SnapshotName{prefix}="{s["name"]}"\n')
         lines.append(f'SnapshotUUID{prefix}="{u}"\n')
         if s.get("description"):
-            lines.append(f'SnapshotDescription{prefix}="{mr_escape(s["description"])}"\n')
+            lines.append(f'SnapshotDescription{prefix}="{s["description"]}"\n')
         if m.get("current_snapshot") == u:
-            lines.append(f'CurrentSnapshotName="{mr_escape(s["name"])}"\n')
+            lines.append(f'CurrentSnapshotName="{s["name"]}"\n')
             lines.append(f'CurrentSnapshotUUID="{u}"\n')
             lines.append(f'CurrentSnapshotNode="SnapshotName{prefix}"\n')
         children = [c for c in m["snapshot_order"] if snaps[c]["parent"] == u]
@@ -722,6 +796,11 @@ def cmd_showvminfo(reg: Registry, args: list[str], out: list[str]) -> None:
             o(f'uartmode{i}="disconnected"\n')
         o(f'uarttype{i}="16550A"\n')
     o('audio="none"\naudio_out="off"\naudio_in="off"\nclipboard="disabled"\ndraganddrop="disabled"\n')
+    if running:
+        # A machine with a session prints its session's name, then (with a console) screen 0's
+        # mode with RTPrintf("VideoMode=\"%d,%d,%d\"@%d,%d %d\n"): not a key="value" line.
+        o(mr("SessionName", "headless"))
+        o('VideoMode="720,400,0"@0,0 1\n')
     o('vrde="off"\nusb="off"\nehci="off"\nxhci="off"\n')
     for i, sf in enumerate(m.get("shared", []), 1):
         o(mr(f"SharedFolderNameMachineMapping{i}", sf["name"]))
@@ -830,6 +909,10 @@ def require_vm_arg(args: list[str], what: str = "VM name or UUID required") -> s
     return args[0]
 
 
+#: modifyvm's two spellings of the NAT engine's LocalhostReachable (VirtualBox 7.0+, default off)
+LOCALHOST_REACHABLE = ("--nat-localhostreachable", "--natlocalhostreachable")
+
+
 def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
     vm = require_vm_arg(args)
     m = reg.find(vm, "VBoxManageModifyVM.cpp")
@@ -850,7 +933,7 @@ def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
         expanded,
         {"--memory", "--cpus", "--ioapic", "--acpi", "--cpuexecutioncap", "--ostype", "--description"},
         set(),
-        ("--boot", "--nic", "--natpf", "--cableconnected", "--uart", "--uartmode"),
+        ("--boot", "--nic", "--natpf", "--cableconnected", "--uart", "--uartmode", *LOCALHOST_REACHABLE),
     )
     ctx = "LockMachine(a->session, LockType_Write)"
     if m["state"] in ONLINE:
@@ -914,6 +997,13 @@ def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
                         1900,
                     )
                 nic["forwards"].append(rule)
+        elif key.startswith(LOCALHOST_REACHABLE):
+            # VBoxManageModifyVM.cpp (7.x): RTGETOPT_REQ_BOOL_ONOFF, INATEngine::LocalhostReachable
+            if value not in ("on", "off"):
+                raise SyntaxErr(f"Invalid parameter '{value}'")
+            index = key[len(key.rstrip("0123456789")) :]
+            nic = m["nics"].setdefault(index, {"type": "nat", "cable": True, "forwards": [], "mac": mac_for(m["uuid"])})
+            nic["localhost_reachable"] = value == "on"
         elif key.startswith("--cableconnected"):
             nic = m["nics"].setdefault(key[16:], {"type": "nat", "forwards": [], "mac": mac_for(m["uuid"])})
             nic["cable"] = value == "on"
@@ -1193,8 +1283,10 @@ def cmd_controlvm(reg: Registry, args: list[str], out: list[str], err: list[str]
         power_down(reg, m)
     elif action == "savestate":
         if state not in ("running", "paused"):
-            raise VBoxError(
-                f"Machine in invalid state {state_name_long(state)} -- {state}.", source="VBoxManageControlVM.cpp"
+            # VBoxManageControlVM.cpp: RTMsgError("Machine in invalid state %d -- %s.", machineState,
+            # machineStateToName(machineState, false)), no COM result code.
+            raise PlainError(
+                f"Machine in invalid state {STATE_NUMBERS.get(state, 0)} -- {STATE_LONG.get(state, state)}."
             )
         freeze(g)
         m["saved_guest"] = dict(g)
@@ -1273,11 +1365,11 @@ def find_snapshot(m: dict[str, Any], key: str) -> str:
     raise VBoxError(
         f"Could not find a snapshot named '{key}'",
         "VBOX_E_OBJECT_NOT_FOUND",
-        "MachineWrap",
+        "SessionMachine",
         "IMachine",
         "FindSnapshot(Bstr(a->argv[2]).raw(), pSnapshot.asOutParam())",
         "VBoxManageSnapshot.cpp",
-        line=566,
+        line=513,
     )
 
 
@@ -1603,16 +1695,75 @@ SIMPLE = {
 WITH_ERR = {"controlvm": cmd_controlvm, "snapshot": cmd_snapshot, "unregistervm": cmd_unregistervm}
 
 
+#: What the VBox.sh wrapper prints on stdout before every command when vboxdrv is not loaded
+#: (kubernetes/minikube#2522, VirtualBox 5.2.6 on Arch Linux; the same text in 6.0.x and 7.0.x).
+NO_VBOXDRV_WARNING = (
+    "WARNING: The vboxdrv kernel module is not loaded. Either there is no module\n"
+    "         available for the current kernel ({release}) or it failed to\n"
+    "         load. Please recompile the kernel module and install it by\n"
+    "\n"
+    "           sudo /sbin/vboxconfig\n"
+    "\n"
+    "         You will not be able to start VMs until this problem is fixed.\n"
+)
+
+
+def charset_is_utf8(env: Any) -> bool:
+    """Whether the C library's LC_CTYPE, chosen as setlocale(LC_ALL, "") does, is UTF-8."""
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = env.get(var)
+        if value:
+            return ".utf8" in value.lower().replace("-", "")
+    return False
+
+
+def emit(stream: Any, text: str, ascii_only: bool) -> None:
+    if ascii_only:
+        text = "".join(ch if ord(ch) < 128 else "?" for ch in text)
+    stream.buffer.write(text.encode("utf-8", errors="surrogateescape"))
+    stream.flush()
+
+
+def no_vboxdrv_start(reg: Registry, args: list[str]) -> VBoxError:
+    """startvm without the kernel module: the VM process dies at once (VBoxManageMisc.cpp)."""
+    m = reg.find(require_vm_arg(args), "VBoxManageMisc.cpp")
+    return VBoxError(
+        f"The virtual machine '{m['name']}' has terminated unexpectedly during startup with exit code 1 (0x1).  "
+        f"More details may be available in '{Path(m['folder']) / 'Logs' / 'VBoxHardening.log'}'",
+        "NS_ERROR_FAILURE",
+        "MachineWrap",
+        "IMachine",
+    )
+
+
 def main(argv: list[str]) -> int:
     args = list(argv)
     while args and args[0] in ("-q", "--nologo"):
         args.pop(0)
+    # Under a locale whose charset is not UTF-8 (LANG=C, LC_ALL=C), VirtualBox 7.0.x prints
+    # nothing at all (hashicorp/vagrant#13145, GNS3/gns3-server#2266): "silent", the default. With
+    # VBOXSIM_C_LOCALE=ascii it behaves as 7.1 does instead (VirtualBox/virtualbox#371): every
+    # non-ASCII character printed becomes "?", and a non-ASCII argument cannot be converted
+    # (hashicorp/vagrant#13033: "VBoxManage: fatal error: RTR3Init: VERR_NO_TRANSLATION").
+    c_locale = None if charset_is_utf8(os.environ) else os.environ.get("VBOXSIM_C_LOCALE", "silent")
+    prefix = ""
+    if os.environ.get("VBOXSIM_NO_VBOXDRV"):
+        prefix = NO_VBOXDRV_WARNING.format(release=os.uname().release)
     if not args:
-        sys.stdout.write(f"Oracle VirtualBox Command Line Management Interface Version {VERSION.split('r')[0]}\n")
+        emit(
+            sys.stdout,
+            prefix + f"Oracle VirtualBox Command Line Management Interface Version {VERSION.split('r')[0]}\n",
+            False,
+        )
         return 2
     if args[0] in ("--version", "-v", "-V"):
-        sys.stdout.write(VERSION + "\n")
+        emit(sys.stdout, prefix + VERSION + "\n", False)
         return 0
+    if c_locale == "silent":
+        return 0
+    if c_locale == "ascii" and any(not a.isascii() for a in args):
+        emit(sys.stderr, "VBoxManage: fatal error: RTR3Init: VERR_NO_TRANSLATION\n", False)
+        return 1
     verb, rest = args[0], args[1:]
     if verb == "modifyvm":
         rest = fix_uartmode_args(rest)
@@ -1646,6 +1797,8 @@ def main(argv: list[str]) -> int:
                     context="simulated failure",
                 )
             try:
+                if verb == "startvm" and prefix:
+                    raise no_vboxdrv_start(reg, rest)
                 if verb == "startvm":
                     status = cmd_startvm(reg, rest, out, err)
                 elif verb in WITH_ERR:
@@ -1657,11 +1810,10 @@ def main(argv: list[str]) -> int:
         except VBoxError as exc:
             error = exc
             exit0 = take_fault(root, "exit0", verb, sub)
-    sys.stdout.write("".join(out))
-    sys.stdout.flush()
-    sys.stderr.write("".join(err))
+    ascii_only = c_locale == "ascii"
+    emit(sys.stdout, prefix + "".join(out), ascii_only)
+    emit(sys.stderr, "".join(err) + (error.render() if error is not None else ""), ascii_only)
     if error is not None:
-        sys.stderr.write(error.render())
         return 0 if exit0 else error.status
     return status
 

@@ -37,7 +37,8 @@ Simulated verbs: ``start <vmx> [gui|nogui]``; ``stop|reset|suspend <vmx> [hard|s
 ``revertToSnapshot <vmx> <name>``; ``deleteSnapshot <vmx> <name> [andDeleteChildren]``;
 ``clone <vmx> <dest.vmx> full|linked [-snapshot=NAME] [-cloneName=NAME]``;
 ``connectNamedDevice|disconnectNamedDevice <vmx> <device>``; ``checkToolsState <vmx>``;
-``deleteVM <vmx>``. Any other verb prints an ``Error:`` line saying it is not simulated.
+``getGuestIPAddress <vmx> [-wait]``; ``deleteVM <vmx>``. Any other verb prints an ``Error:`` line
+saying it is not simulated.
 
 Output and errors, as the real tool prints them (stdout, ``Error: <VIX error text>``, exit status
 255, i.e. -1):
@@ -47,11 +48,13 @@ Output and errors, as the real tool prints them (stdout, ``Error: <VIX error tex
   reproduced in public notes such as https://pastebin.com/3e9YyQn3 and
   https://gist.github.com/jefflab/8247242); hashicorp/packer-plugin-vmware
   ``builder/vmware/common/driver_workstation.go`` (``IsRunning`` matches ``list`` lines against the
-  ``.vmx`` path); the project's ../shared/docs/test-peers.md.
+  ``.vmx`` path); the project's ../shared/docs/test-peers.md; captured output of real Fusion 7.1.1
+  and 10.0.1 (hashicorp/vagrant#5371, #9224) and Workstation 15.5 on Windows (zlgan/blog).
 - ``Error: The virtual machine is not powered on: <vmx>`` (stop, suspend, pause, reset, devices on a
   VM that is off or suspended; VIX_E_VM_NOT_RUNNING. The VIX reference for ``VMPowerOff``: "If you
   call this function while the virtual machine is suspended or powered off, the operation returns
-  a VIX_E_VM_NOT_RUNNING error. If suspended, the virtual machine remains suspended").
+  a VIX_E_VM_NOT_RUNNING error. If suspended, the virtual machine remains suspended"; captured
+  from ``stop ... hard`` on Windows in hashicorp/packer#1300).
 - ``Error: Cannot open VM: <vmx>, The virtual machine cannot be found`` for a missing ``.vmx``, and
   ``..., unknown file suffix`` for a path not ending in ``.vmx`` (output quoted verbatim in public
   notes and in hashicorp/vagrant-vmware-desktop's utility, which matches ``Error: Cannot open VM:``).
@@ -66,7 +69,19 @@ Output and errors, as the real tool prints them (stdout, ``Error: <VIX error tex
   (VIX_E_VM_IS_RUNNING), ``Error: The file already exists`` (VIX_E_FILE_ALREADY_EXISTS): the VIX
   error descriptions of VMware's VIX reference (codes in vmware/open-vm-tools
   ``lib/include/vix.h``; texts as in steveloughran/smartfrog ``VMWareVixLibrary.java``).
-- Player refuses snapshots, pause/unpause and clone: the VIX reference for ``RevertToSnapshot``
+- ``checkToolsState``: ``running`` once the guest's Tools are up, ``installed`` while a powered-on
+  guest's Tools are not (vmware/open-vm-tools#718), ``unknown`` for a powered-off VM with exit
+  status -2, i.e. 254 on POSIX (GNS3/gns3-server#1901 shows ``unknown`` and a failing status on
+  Fusion 12.1.1).
+- ``getGuestIPAddress [-wait]``: the address and exit 0; ``Error: The VMware Tools are not running
+  in the virtual machine: <vmx>`` (hashicorp/vagrant#11528, #10575: Workstation on Linux and
+  Fusion, exit 255), or with ``-wait`` it waits for Tools; a powered-off VM: ``Error: The virtual
+  machine is not powered on`` without the path (apcera/libretto#20).
+- Lines of real captures are kept under tests/realworld/vmware/ and tests/test_vmware_realworld.py
+  checks this simulator's lines against their forms.
+- Player refuses snapshots with ``Error: The operation is not supported``
+  (Orange-Cyberdefense/GOAD#108, ``-T player snapshot`` on Linux), and pause/unpause and clone
+  likewise: the VIX reference for ``RevertToSnapshot``
   says "This function is not supported when using the VIX_SERVICEPROVIDER_VMWARE_PLAYER host
   type", and the VIX 1.6 release notes list ``VixVM_Clone``, ``VixVM_Pause`` and
   ``VixVM_Unpause`` as "Workstation only".
@@ -93,7 +108,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import select
 import shutil
 import signal
@@ -112,9 +126,13 @@ BOOT_DELAY = 0.3
 SHUTDOWN_DELAY = 0.3
 """Seconds a cooperative guest takes to honour a soft power-off or reboot request."""
 EXIT_ERROR = 255
+EXIT_TOOLS_UNKNOWN = 254
+"""vmrun exits -1 after an ``Error:`` line and -2 after ``unknown`` from ``checkToolsState``
+(Windows shows them as such); a POSIX exit status is that number modulo 256."""
 PRODUCTS = ("ws", "player", "fusion")
 PLAYER_REFUSES = {"pause", "unpause", "listsnapshots", "snapshot", "reverttosnapshot", "deletesnapshot", "clone"}
 SCRIPT = str(Path(__file__).resolve())
+MASK32 = 0xFFFFFFFF
 
 E_NOT_ON = "The virtual machine is not powered on: {vmx}"
 E_NOT_FOUND = "Cannot open VM: {vmx}, The virtual machine cannot be found"
@@ -122,6 +140,8 @@ E_SUFFIX = "Cannot open VM: {vmx}, unknown file suffix"
 E_TOOLS = "The VMware Tools are not running in the virtual machine: {vmx}"
 E_INVALID = "One of the parameters was invalid"
 E_UNSUPPORTED = "The operation is not supported for the specified parameters"
+E_PLAYER_UNSUPPORTED = "The operation is not supported"
+E_NOT_ON_NO_PATH = "The virtual machine is not powered on"
 E_SNAP_NOT_FOUND = "A file by that name does not exist"
 E_SNAP_NONUNIQUE = "The name does not uniquely identify one snapshot"
 E_IS_RUNNING = "The virtual machine should not be powered on. It appears to be running already."
@@ -147,69 +167,158 @@ class VmrunError(Exception):
     """Printed as ``Error: <message>`` with exit status 255."""
 
 
+class Outcome(Exception):
+    """Output with an exit status of its own (``checkToolsState`` on a powered-off VM)."""
+
+    def __init__(self, out: str, status: int) -> None:
+        super().__init__(out)
+        self.out = out
+        self.status = status
+
+
 class UsageError(Exception):
     """Printed as the usage text with exit status 255."""
 
 
-# -- .vmx / .vmsd files: `key = "value"` lines, `|XX` escapes ----------------------------------
-_LINE = re.compile(r'^\s*([^\s=#]+)\s*=\s*"(.*)"\s*$')
+# -- .vmx / .vmsd files, read as VMware's dictll.c (open-vm-tools lib/dict) reads them ---------------------------------
+# A line is `name = value`, `name = "value"` or `name =`, each optionally followed by a `# comment`;
+# other lines are kept as they are. Values are `|XX`-escaped bytes in the character set the
+# `.encoding` line names. Written lines are `name = "value"` with `"`, `|`, DEL and controls but tab
+# escaped (DictLL_MarshalLine). Undecodable bytes pass through unchanged (surrogateescape).
+_WS = b" \t"
+_HEXDIGITS = b"0123456789abcdefABCDEF"
 
 
-def vmx_unescape(value: str) -> str:
-    return re.sub(r"\|([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
+def _split_setting(line: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """(name, raw value, what follows the value) of a well-formed line, else None."""
+    i = len(line) - len(line.lstrip(_WS))
+    j = i
+    while j < len(line) and line[j] not in b"\0 \t#=":
+        j += 1
+    name, k = line[i:j], j
+    while k < len(line) and line[k] in _WS:
+        k += 1
+    if not name or k >= len(line) or line[k : k + 1] != b"=":
+        return None
+    k += 1
+    while k < len(line) and line[k] in _WS:
+        k += 1
+    if line[k : k + 1] == b'"':
+        end = line.find(b'"', k + 1)
+        if end < 0 or b"\0" in line[k + 1 : end]:
+            return None
+        value, rest = line[k + 1 : end], end + 1
+    else:
+        end = k
+        while end < len(line) and line[end] not in b"\0 \t#":
+            end += 1
+        value, rest = line[k:end], end
+    tail = line[rest:]
+    if tail.strip(_WS)[:1] not in (b"", b"#", b"\0"):
+        return None
+    return name, value, tail
 
 
-def vmx_escape(value: str) -> str:
-    return "".join(f"|{ord(c):02X}" if c in '|"' or ord(c) < 0x20 else c for c in value)
+def vmx_unescape_bytes(raw: bytes) -> bytes:
+    out, i = bytearray(), 0
+    while i < len(raw):
+        if raw[i : i + 1] == b"|" and len(raw) > i + 2 and raw[i + 1] in _HEXDIGITS and raw[i + 2] in _HEXDIGITS:
+            out.append(int(raw[i + 1 : i + 3], 16))
+            i += 3
+        elif raw[i : i + 1] == b"|":
+            step = 3 if len(raw) > i + 1 and raw[i + 1] in _HEXDIGITS else 2
+            out += raw[i : i + step]
+            i += step
+        else:
+            out.append(raw[i])
+            i += 1
+    return bytes(out)
+
+
+def vmx_escape_bytes(raw: bytes) -> bytes:
+    return b"".join(b"|%02X" % c if (c < 0x20 and c != 9) or c in (0x22, 0x7C, 0x7F) else bytes([c]) for c in raw)
+
+
+def _file_lines(path: Path) -> tuple[bytes, list[bytes], str]:
+    """(byte-order mark, lines without their "\n", encoding) of a dictionary file."""
+    data = path.read_bytes()
+    bom = b"\xef\xbb\xbf" if data.startswith(b"\xef\xbb\xbf") else b""
+    lines = data[len(bom) :].split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    encoding = "utf-8"
+    for line in lines:
+        parts = _split_setting(line.removesuffix(b"\r"))
+        if parts and parts[0].lower() == b".encoding":
+            encoding = vmx_unescape_bytes(parts[1]).decode("ascii", "replace")
+    try:
+        "".encode(encoding)
+    except LookupError:
+        encoding = "utf-8"  # simplification: no capture shows what vmrun says here
+    return bom, lines, encoding
 
 
 def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """(key as written, unescaped value) for each `key = "value"` line."""
+    """(key as written, unescaped value) for each well-formed line."""
+    _, lines, encoding = _file_lines(path)
     pairs = []
-    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
-        m = _LINE.match(line.removesuffix("\r"))
-        if m:
-            pairs.append((m.group(1), vmx_unescape(m.group(2))))
+    for line in lines:
+        parts = _split_setting(line.removesuffix(b"\r"))
+        if parts:
+            name, value, _ = parts
+            pairs.append(
+                (
+                    name.decode(encoding, "surrogateescape"),
+                    vmx_unescape_bytes(value).decode(encoding, "surrogateescape"),
+                )
+            )
     return pairs
 
 
 def read_dict(path: Path) -> dict[str, str]:
-    """Keys lower-cased (VMware's keys are case-insensitive), values unescaped."""
+    """Keys lower-cased (VMware's keys are case-insensitive; the last one counts), values unescaped."""
     return {k.lower(): v for k, v in read_pairs(path)}
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
 def update_dict_file(path: Path, changes: dict[str, str | None]) -> None:
-    """Set or (with None) remove keys, keeping the other lines and their order."""
+    """Set or (with None) remove keys in place, keeping every other line byte for byte."""
+    bom, lines, encoding = _file_lines(path) if path.exists() else (b"", [], "utf-8")
     lowered = {k.lower(): (k, v) for k, v in changes.items()}
-    out: list[str] = []
+    out: list[bytes] = []
     done: set[str] = set()
-    lines = path.read_text(encoding="utf-8", errors="replace").rstrip("\n").split("\n") if path.exists() else []
     for line in lines:
-        m = _LINE.match(line)
-        key = m.group(1).lower() if m else None
-        if key is not None and key in lowered:
-            done.add(key)
-            original, value = lowered[key]
-            if value is not None:
-                out.append(f'{m.group(1) if m else original} = "{vmx_escape(value)}"')
+        cr = b"\r" if line.endswith(b"\r") else b""
+        parts = _split_setting(line.removesuffix(b"\r"))
+        key = parts[0].decode(encoding, "surrogateescape").lower() if parts else None
+        if parts is None or key not in lowered:
+            out.append(line)
             continue
-        out.append(line)
+        original, value = lowered[key]
+        if value is not None and key not in done:
+            raw = vmx_escape_bytes(value.encode(encoding, "surrogateescape"))
+            out.append(parts[0] + b' = "' + raw + b'"' + parts[2] + cr)
+        done.add(key)
     for key, (original, value) in lowered.items():
         if key not in done and value is not None:
-            out.append(f'{original} = "{vmx_escape(value)}"')
-    write_atomic(path, "\n".join(out) + "\n")
+            raw = vmx_escape_bytes(value.encode(encoding, "surrogateescape"))
+            out.append(original.encode(encoding) + b' = "' + raw + b'"')
+    write_atomic(path, bom + b"".join(line + b"\n" for line in out))
 
 
 def write_dict_file(path: Path, values: dict[str, str]) -> None:
-    lines = ['.encoding = "UTF-8"'] + [f'{k} = "{vmx_escape(v)}"' for k, v in values.items() if k != ".encoding"]
-    write_atomic(path, "\n".join(lines) + "\n")
+    lines = ['.encoding = "UTF-8"'] + [
+        f'{k} = "{vmx_escape_bytes(v.encode("utf-8", "surrogateescape")).decode("utf-8", "surrogateescape")}"'
+        for k, v in values.items()
+        if k.lower() != ".encoding"
+    ]
+    write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
 
 
 # -- paths and state -------------------------------------------------------------------------
@@ -521,7 +630,8 @@ def read_snapshots(vmx: Path) -> tuple[list[dict[str, Any]], int | None, int]:
                 "name": d.get(p + "displayname", ""),
                 "file": d.get(p + "filename", ""),
                 "parent": int(d[p + "parent"]) if p + "parent" in d else None,
-                "created": (int(d.get(p + "createtimehigh", "0")) << 32) | int(d.get(p + "createtimelow", "0")),
+                "created": (int(d.get(p + "createtimehigh", "0")) << 32)
+                | (int(d.get(p + "createtimelow", "0")) & MASK32),
             }
         )
     snaps.sort(key=lambda s: s["uid"])
@@ -541,7 +651,8 @@ def write_snapshots(vmx: Path, snaps: list[dict[str, Any]], current: int | None,
         if s["parent"] is not None:
             values[p + "parent"] = str(s["parent"])
         values[p + "createTimeHigh"] = str(s["created"] >> 32)
-        values[p + "createTimeLow"] = str(s["created"] & 0xFFFFFFFF)
+        low = s["created"] & MASK32
+        values[p + "createTimeLow"] = str(low - (1 << 32) if low >= 1 << 31 else low)  # signed, as VMware writes it
         values[p + "numDisks"] = "0"
     values["snapshot.numSnapshots"] = str(len(snaps))
     write_dict_file(vmsd_path(vmx), values)
@@ -883,7 +994,34 @@ def cmd_check_tools(home: Path, args: list[str]) -> str:
     need(args, 1, 1)
     vmx = open_vm(args[0])
     with locked_vm(home, vmx) as vm:
+        if vm.power == "off":
+            raise Outcome("unknown\n", EXIT_TOOLS_UNKNOWN)
         return ("running" if vm.tools_running(time.time()) else "installed") + "\n"
+
+
+def guest_ip(vmx: Path) -> str:
+    """The simulated guest's address on the NAT network (stable for a .vmx path)."""
+    return f"192.168.153.{128 + int(vm_key(vmx)[:2], 16) % 120}"
+
+
+def cmd_guest_ip(home: Path, args: list[str]) -> str:
+    need(args, 1, 2)
+    vmx = open_vm(args[0])
+    wait = len(args) > 1
+    if wait and args[1].lower() != "-wait":
+        raise VmrunError(E_INVALID)
+    deadline = time.monotonic() + float(os.environ.get("VMRUNSIM_SOFT_TIMEOUT", "120"))
+    while True:
+        with locked_vm(home, vmx) as vm:
+            if vm.power == "off":
+                raise VmrunError(E_NOT_ON_NO_PATH)
+            if vm.tools_running(time.time()):
+                return guest_ip(vmx) + "\n"
+        if not wait:
+            raise VmrunError(E_TOOLS.format(vmx=vmx))
+        if time.monotonic() > deadline:
+            raise VmrunError(E_CANCELLED)
+        time.sleep(0.02)
 
 
 def cmd_delete_vm(home: Path, args: list[str]) -> str:
@@ -929,7 +1067,7 @@ def run(argv: list[str]) -> str:
     if product == "player" and verb.lower() in PLAYER_REFUSES:
         if params:
             open_vm(params[0])
-        raise VmrunError(E_UNSUPPORTED)
+        raise VmrunError(E_PLAYER_UNSUPPORTED)
     table = {
         "start": lambda: cmd_start(home, params),
         "stop": lambda: cmd_stop(home, params),
@@ -946,6 +1084,7 @@ def run(argv: list[str]) -> str:
         "connectnameddevice": lambda: cmd_named_device(home, params, True),
         "disconnectnameddevice": lambda: cmd_named_device(home, params, False),
         "checktoolsstate": lambda: cmd_check_tools(home, params),
+        "getguestipaddress": lambda: cmd_guest_ip(home, params),
         "deletevm": lambda: cmd_delete_vm(home, params),
     }
     handler = table.get(verb.lower())
@@ -973,6 +1112,9 @@ def main(argv: list[str]) -> int:
     except VmrunError as exc:
         sys.stdout.write(f"Error: {exc}\n")
         return EXIT_ERROR
+    except Outcome as exc:
+        sys.stdout.write(exc.out)
+        return exc.status
     except UsageError as exc:
         sys.stdout.write((f"{exc}\n" if str(exc) else "") + USAGE)
         return EXIT_ERROR
