@@ -90,4 +90,5 @@ def _machine_dict(vm: Machine) -> dict[str, Any]:
         "pid": vm.pid,
         "cpus": spec.cpus,
         "memory_mib": spec.memory_mib,
+        "managed": vm.managed,
     }

@@ -31,7 +31,7 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace, hv: Hypervisor) -> int:
-    vms = hv.machines()
+    vms = hv.machines(all=args.all)
     if args.json:
         items = []
         for vm in vms:
@@ -173,7 +173,7 @@ def _cmd_destroy(args: argparse.Namespace, hv: Hypervisor) -> int:
     for machine in args.names:
         vm = hv.machine(machine)
         with _progress(args, f"destroy {vm.name}"):
-            vm.destroy(**_timeout(args))
+            vm.destroy(**_timeout(args), delete_disks=args.delete_disks)
         _out(f"{vm.name}: destroyed")
     return EXIT_OK
 

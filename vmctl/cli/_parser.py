@@ -60,7 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     timeout_parent.add_argument("--timeout", type=float, default=None, metavar="S", help="seconds to wait at most")
 
     sub.add_parser("backends", parents=[json_parent], help="list installed backends and whether they work here")
-    sub.add_parser("list", aliases=["ls"], parents=[json_parent], help="list machines")
+    p = sub.add_parser("list", aliases=["ls"], parents=[json_parent], help="list machines")
+    p.add_argument(
+        "-a", "--all", action="store_true", help="also the hypervisor's machines vmctl did not create (adopted)"
+    )
     p = sub.add_parser("show", parents=[json_parent], help="describe one machine")
     p.add_argument("name")
 
@@ -121,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("destroy", parents=[timeout_parent], help="delete machines with their disks and snapshots")
     p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument(
+        "--delete-disks",
+        action="store_true",
+        help="also delete the disk images of an adopted machine (vmctl did not make them; kept by default)",
+    )
 
     p = sub.add_parser("top", parents=[json_parent], help="live table of state, CPU, memory and I/O rates")
     p.add_argument("-n", "--interval", type=float, default=2.0, metavar="S", help="seconds between refreshes")
