@@ -339,8 +339,10 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
     )
     table.note(
         "vmctl per verb: reads its record, checks the QEMU process, takes the machine's lock, settles "
-        "leftovers of killed processes, opens a QMP session (connect + capabilities negotiation), "
-        "checks the state again under the lock, then sends the command."
+        "leftovers of killed processes and checks the state under the lock (both from the run state "
+        "the keeper holds from QEMU's events, no QMP), opens one QMP session (connect + capabilities "
+        "negotiation), sends the command, and waits for the keeper to report the run state it caused. "
+        "vmctl's state is read from the keeper's run.json: no QMP round trip."
     )
     table.note(
         "snapshot, revert and delete_snapshot in vmctl also run `qemu-img info` to list snapshots "
@@ -408,12 +410,13 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
     )
     table.note(
         "The keeper is a small Python process per VM that parents QEMU and records its exit status, "
-        "so that any process can tell a guest that powered off from a QEMU that died. USS is the memory "
-        "it alone uses; RSS counts shared library pages again for each keeper."
+        "so that any process can tell a guest that powered off from a QEMU that died, and follows "
+        "QEMU's QMP events to keep the run state. USS is the memory it alone uses; RSS counts shared "
+        "library pages again for each keeper."
     )
     table.note(
-        "This process keeps one thread per VM it started (it waits for the keeper to reap it); the VMs "
-        "themselves do not depend on this process."
+        "This process reaps the keepers it started on vmctl's one event-loop thread (pidfds), not a "
+        "thread per VM; the VMs themselves do not depend on this process."
     )
     report.show(table)
 

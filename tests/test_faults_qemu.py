@@ -48,7 +48,19 @@ ROOT = Path(__file__).resolve().parents[1]
 MEMORY_MIB = 128
 BOOT_TIMEOUT = 90
 #: files a machine directory may hold (and state.bin while SUSPENDED)
-MACHINE_FILES = {".lock", "machine.json", "disk.qcow2", "qemu.log", "qmp.sock", "state.sock", "run.json", "exit.json"}
+# "moving" is the note of a verb killed while it moved the run state: harmless once the run is
+# over (readers consult it only for a live QEMU) and removed by the next verb or launch
+MACHINE_FILES = {
+    ".lock",
+    "machine.json",
+    "disk.qcow2",
+    "qemu.log",
+    "qmp.sock",
+    "state.sock",
+    "run.json",
+    "exit.json",
+    "moving",
+}
 
 # -- the child process ---------------------------------------------------------------------------
 CHILD = r"""

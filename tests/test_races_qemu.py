@@ -21,43 +21,38 @@ import pytest
 
 import vmctl
 from vmctl import State
-from vmctl.testguest import ensure_test_guest
 from vmctl.testing import wait_until
+from vmctl_qemu import _sequences
+
+from .qemu_machines import guest_machine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def vm(tmp_path: Path) -> Iterator[vmctl.Machine]:
-    guest = ensure_test_guest()
-    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
-    machine = hv.create(
-        vmctl.MachineSpec(
-            name="race",
-            disk=guest.disk,
-            kernel=guest.kernel,
-            initrd=guest.initrd,
-            cmdline=guest.cmdline,
-            memory_mib=128,
-        )
-    )
-    try:
+    with guest_machine(tmp_path, "race") as machine:
         yield machine
-    finally:
-        machine.destroy()
 
 
-def _kill_first(vm: vmctl.Machine, method: str, pid: int) -> None:
-    """Make the machine's ``method`` kill QEMU (a real SIGKILL) before it runs: the moment a
-    caller outside vmctl's lock ends QEMU between the verb's state check and its command."""
-    original = getattr(vm, method)
+def _dead(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # reaped meanwhile (vmctl's event loop reaps its children at once)
+        return True
+
+
+def _kill_first(monkeypatch: pytest.MonkeyPatch, owner: object, function: str, pid: int) -> None:
+    """Make ``owner.function`` kill QEMU (a real SIGKILL) before it runs: the moment a caller
+    outside vmctl's lock ends QEMU between the verb's state check and its command."""
+    original = getattr(owner, function)
 
     def killing(*args: Any, **kwargs: Any) -> Any:
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10, "QEMU to die")
+        wait_until(lambda: _dead(pid), 10, "QEMU to die")
         return original(*args, **kwargs)
 
-    setattr(vm, method, killing)
+    monkeypatch.setattr(owner, function, killing)
 
 
 @pytest.mark.parametrize(
@@ -67,16 +62,19 @@ def _kill_first(vm: vmctl.Machine, method: str, pid: int) -> None:
         "_wait_migration",  # after the migration began, while the verb polls it
     ],
 )
-def test_qemu_killed_under_suspend_is_invalid_state(vm: vmctl.Machine, moment: str) -> None:
+def test_qemu_killed_under_suspend_is_invalid_state(
+    vm: vmctl.Machine, moment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm.start()
     pid = vm.pid
     assert pid is not None
-    _kill_first(vm, moment, pid)
+    owner: object = vm if moment == "_monitor" else _sequences
+    _kill_first(monkeypatch, owner, moment, pid)
     with pytest.raises(vmctl.InvalidState) as caught:
         vm.suspend(timeout=60)
     assert caught.value.state is State.CRASHED
     assert "went away" in str(caught.value)
-    vars(vm).pop(moment)
+    monkeypatch.undo()
     assert vm.state is State.CRASHED and vm.pid is None
     assert not (vm.hypervisor.store.path(vm.name) / "state.bin.tmp").exists(), "a half-written state was kept"  # type: ignore[attr-defined]
     vm.start()  # and the machine is usable again

@@ -95,8 +95,9 @@ class QemuHypervisor(Hypervisor):
             graceful_restart=True,
             network_toggle=True,
             cpu_limit=False,
-            events=False,
+            events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
+            disk_usage=True,
         )
 
     def image_format(self, path: Path) -> str:
@@ -142,13 +143,37 @@ class QemuHypervisor(Hypervisor):
             (directory / "machine.json").write_text(json.dumps(record, indent=1, sort_keys=True))
         return QemuMachine(self, spec.name)
 
+    def adopt(self, name: str, qmp: str | Path) -> Machine:
+        """Adopt a QEMU that vmctl did not start, through its QMP socket ``qmp`` (a UNIX socket of
+        a QEMU on this host that no other client holds open), as machine ``name``.
+
+        Afterwards ``hv.machine(name)`` opens it from any process using this ``state_dir`` and
+        every verb but ``suspend`` works on it; ``start`` of a powered-off one runs its recorded
+        command line again. See :mod:`vmctl_qemu._adopted`. Raises :class:`MachineExists` if
+        the name is taken, :class:`InvalidSpec` if nothing answers on ``qmp``.
+        """
+        from ._adopted import adopt
+
+        return adopt(self, name, qmp)
+
     def _machine_names(self) -> list[str]:
+        return [name for name in self.store.names() if not self._is_adopted(name)]
+
+    def _all_machine_names(self) -> list[str]:
         return self.store.names()
 
+    def _is_adopted(self, name: str) -> bool:
+        try:
+            return "adopted" in self.store.read(name)
+        except VmctlError:  # gone meanwhile, or a corrupt record: opening it says which
+            return False
+
     def _open_machine(self, name: str) -> Machine:
+        from ._adopted import AdoptedQemuMachine
         from ._machine import QemuMachine
 
-        self.store.read(name)
+        if "adopted" in self.store.read(name):
+            return AdoptedQemuMachine(self, name)
         machine = QemuMachine(self, name)
         machine._recover_if_idle()  # what a killed process left (a verb settles it too)
         return machine

@@ -6,14 +6,26 @@ its pid and start time in ``run.json``, waits for it, and records its exit statu
 ``exit.json``. While QEMU runs it keeps ``qemu.log`` and each ``--log`` (the serial console)
 under ``--log-cap`` bytes. Without a parent that outlives the vmctl process that started the VM, nobody could
 tell a guest that powered itself off (exit 0) from a QEMU that died (a signal or error status).
+
+The keeper also holds a third QMP monitor of QEMU's (one end of a socket pair, handed to QEMU as
+``-chardev socket,fd=N``) for QEMU's event stream: after every event that may change the run
+state it asks for the run state and rewrites ``run.json`` with it (``runstate``), the event that
+caused it (``reason``) and that event's time (``event_time``), so that any process reads the
+state without a QMP round trip and waits for a change with inotify. The keeper holds an
+``flock`` on ``run.json`` for its whole life (each new file is locked before it is renamed into
+place), so a reader trusts the run state only while the keeper lives; when the monitor fails
+the keeper drops the run state from ``run.json``, and readers ask QEMU instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import selectors
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -44,6 +56,133 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 USAGE = "usage: _keeper.py VMDIR RUN_ID [--pass-fd FD] [--log-cap BYTES] [--log PATH]... -- QEMU..."
 LOG_CHECK_INTERVAL = 0.1
+RUN_RECORD = "run.json"
+#: a verb's note that it is moving the run state (see ``_watch.announce_move``)
+MOVING = "moving"
+EVENT_MONITOR = "vmctlevents"
+#: the events that may change QEMU's run state (every change of it goes with STOP or RESUME;
+#: the others name the reason); other events (the guest's RTC, NIC filters) are ignored
+STATE_EVENTS = frozenset(
+    {"STOP", "RESUME", "SHUTDOWN", "RESET", "POWERDOWN", "SUSPEND", "SUSPEND_DISK", "WAKEUP"}
+    | {"GUEST_PANICKED", "GUEST_CRASHLOADED", "WATCHDOG", "MIGRATION"}
+)
+
+
+class RunRecord:
+    """``run.json``, replaced as a whole (temporary file, then rename) and always locked
+    (``flock``) by this keeper: a reader that finds it unlocked knows the keeper is gone and
+    its run state no longer follows QEMU."""
+
+    def __init__(self, directory: Path, base: dict[str, object]) -> None:
+        self.path = directory / RUN_RECORD
+        self.base = base
+        self.fd: int | None = None
+
+    def write(self, **state: object) -> None:
+        """Replace the file. Where that fails (a full disk) the file in place may be stale:
+        its lock goes, so that readers ask QEMU until a write succeeds again."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            self.release()
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = json.dumps({**self.base, **state}).encode()
+            if os.write(fd, data) != len(data):
+                raise OSError("short write")
+            os.replace(tmp, self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            self.release()
+            return
+        self.release()
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class EventMonitor:
+    """QEMU's event stream on one end of a socket pair: keeps the run state in ``run.json``.
+
+    After an event that may change the run state it sends ``query-status``, and writes the
+    answer with the newest such event seen before the query was sent (QEMU writes every event
+    that came before a command to this monitor before the command's answer). An answer that
+    events overtook is not written: another query goes out first."""
+
+    def __init__(self, sock: socket.socket, record: RunRecord) -> None:
+        self.sock = sock
+        self.record = record
+        self.buffer = b""
+        self.ready = False
+        self.querying = False
+        self.stale = True  # an event came after the last query was sent
+        self.reason = "start"
+        self.event_time = 0.0
+        self.sent: tuple[str, float] = (self.reason, self.event_time)
+        sock.setblocking(False)
+
+    def send(self, command: str) -> None:
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+        finally:
+            self.sock.setblocking(False)
+
+    def readable(self) -> bool:
+        """Handle what QEMU sent; False once the monitor is gone (EOF or a protocol error)."""
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                self.message(json.loads(line))
+        if self.ready and self.stale and not self.querying:
+            self.querying, self.stale = True, False
+            self.sent = (self.reason, self.event_time)
+            self.send("query-status")
+        return True
+
+    def message(self, msg: dict[str, object]) -> None:
+        if "QMP" in msg:
+            self.send("qmp_capabilities")
+        elif "event" in msg:
+            if msg["event"] not in STATE_EVENTS:
+                return
+            stamp = msg.get("timestamp")
+            if isinstance(stamp, dict):
+                self.event_time = stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
+            data = msg.get("data")
+            detail = data.get("reason") or data.get("status") if isinstance(data, dict) else None
+            self.reason = f"{msg['event']}" + (f" ({detail})" if detail else "")
+            self.stale = True
+        elif "error" in msg:
+            raise ValueError(f"QMP error: {msg['error']}")
+        elif not self.ready:
+            self.ready = True  # qmp_capabilities answered
+        elif self.querying:
+            self.querying = False
+            if not self.stale:
+                status = msg["return"]["status"]  # type: ignore[index]
+                self.record.write(runstate=status, reason=self.sent[0], event_time=self.sent[1])
+
+    def close(self) -> None:
+        """The monitor is gone: the run state no longer follows QEMU (readers ask QEMU)."""
+        self.sock.close()
+        self.record.write()
 
 
 def trim_log(path: Path, cap: int) -> None:
@@ -89,10 +228,19 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     directory = Path(vmdir)
+    ours, qemus = socket.socketpair()
+    qemu += ["-chardev", f"socket,id={EVENT_MONITOR},fd={qemus.fileno()}"]
+    qemu += ["-mon", f"chardev={EVENT_MONITOR},mode=control"]
     with open(directory / "qemu.log", "ab") as err:
         proc = subprocess.Popen(
-            qemu, cwd=directory, stdin=subprocess.DEVNULL, stdout=err, stderr=err, pass_fds=pass_fds
+            qemu,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            pass_fds=[*pass_fds, qemus.fileno()],
         )
+    qemus.close()
     for fd in pass_fds:  # QEMU's alone now: its exit closes the socket, and passt quits
         os.close(fd)
     import psutil
@@ -101,22 +249,50 @@ def main(argv: list[str]) -> int:
         created = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
         created = 0.0
-    record = {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": proc.pid, "qemu_created": created}
-    atomic_write(directory / "run.json", json.dumps(record).encode())
+    record = RunRecord(
+        directory, {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": proc.pid, "qemu_created": created}
+    )
+    record.write()
+    if record.fd is None:  # not even run.json could be written
+        atomic_write(record.path, json.dumps(record.base).encode())
     logs.append(directory / "qemu.log")
-    if cap:
-        # woken by QEMU's exit at once, else every LOG_CHECK_INTERVAL (Popen.wait(timeout) would poll)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        while proc.poll() is None:
-            signal.sigtimedwait({signal.SIGCHLD}, LOG_CHECK_INTERVAL)
-            for path in logs:
-                trim_log(path, cap)
+    watch(proc, EventMonitor(ours, record), logs, cap)
     status = proc.wait()
     atomic_write(
         directory / "exit.json",
         json.dumps({"run_id": run_id, "status": status, "ended": time.time()}).encode(),
     )
     return 0
+
+
+def watch(proc: subprocess.Popen[bytes], monitor: EventMonitor | None, logs: list[Path], cap: int) -> None:
+    """Until QEMU ends: follow its events, and trim the logs every LOG_CHECK_INTERVAL if capped."""
+    selector = selectors.DefaultSelector()
+    pidfd = os.pidfd_open(proc.pid)
+    selector.register(pidfd, selectors.EVENT_READ)
+    if monitor is not None:
+        selector.register(monitor.sock, selectors.EVENT_READ)
+    try:
+        while True:
+            for key, _ in selector.select(LOG_CHECK_INTERVAL if cap else None):
+                if key.fd == pidfd:
+                    return
+                assert monitor is not None
+                try:
+                    alive = monitor.readable()
+                except (ValueError, KeyError, TypeError, OSError):
+                    alive = False
+                if not alive:
+                    selector.unregister(monitor.sock)
+                    monitor.close()
+                    monitor = None
+            if cap:
+                for path in logs:
+                    trim_log(path, cap)
+    finally:
+        os.close(pidfd)
+        if monitor is not None:
+            monitor.close()
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from vmctl.backend.aio import loop as event_loop
 from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, OperationTimeout
 
 from . import _qmp
 from ._command import QMP_SOCKET, STATE_SOCKET, qemu_argv
+from ._keeper import MOVING
 from ._passt import find_passt, start_passt
 
 if TYPE_CHECKING:
@@ -111,12 +113,30 @@ def wait_qmp(vm: QemuMachine, deadline: float) -> None:
         time.sleep(next(pauses))
 
 
+def reap_when_done(proc: subprocess.Popen[bytes]) -> None:
+    """Reap ``proc`` (a keeper, passt) when it ends, on vmctl's event-loop thread: one thread
+    for every process this one starts, not one each, so that one process can start many VMs."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # a kernel without pidfds
+        threading.Thread(target=proc.wait, name=f"vmctl-reap-{proc.pid}", daemon=True).start()
+        return
+    ev = event_loop()
+
+    def reap() -> None:
+        ev.remove_reader(pidfd)
+        os.close(pidfd)
+        proc.poll()
+
+    ev.call_soon_threadsafe(ev.add_reader, pidfd, reap)
+
+
 def launch(
     vm: QemuMachine, rec: dict[str, Any], timeout: float, *, incoming: bool = False, loadvm: str | None = None
 ) -> None:
     """Start QEMU for the machine under a keeper and wait until its monitor answers."""
     hv = vm.hypervisor
-    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json"):
+    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json", MOVING):
         with contextlib.suppress(FileNotFoundError):
             (vm.dir / stale).unlink()
     passt_binary = find_passt(hv.passt) if vm.spec.network is not None else None
@@ -127,11 +147,11 @@ def launch(
         if passt_binary is not None and vm.spec.network is not None:
             with open(vm.dir / "qemu.log", "ab") as passt_log:
                 passt, qemu_end = start_passt(passt_binary, vm.spec.network, passt_log)
-            threading.Thread(target=passt.wait, name=f"vmctl-reap-{passt.pid}", daemon=True).start()
+            reap_when_done(passt)
             stack.callback(qemu_end.close)
             net_fd = qemu_end.fileno()
         keeper, argv, run_id, previous = _start_keeper(vm, rec, incoming, loadvm, net_fd)
-    threading.Thread(target=keeper.wait, name=f"vmctl-reap-{keeper.pid}", daemon=True).start()
+    reap_when_done(keeper)
     _wait_started(vm, keeper, argv, run_id, previous, timeout)
 
 
@@ -203,12 +223,28 @@ def _wait_started(
         if run and run.get("run_id") == run_id and (vm.dir / STATE_SOCKET).exists():
             with contextlib.suppress(BackendError, OperationTimeout):
                 vm._query_status(timeout=2)
+                _await_following(vm, run_id, min(deadline, time.monotonic() + 5))
                 return
         if time.monotonic() > deadline:
             _kill_run(run)
             vm._update(**previous)
             raise OperationTimeout(f"starting QEMU for {vm.name!r}", timeout)
         time.sleep(next(pauses))
+
+
+def _await_following(vm: QemuMachine, run_id: str, deadline: float) -> None:
+    """QEMU answers: give its keeper until ``deadline`` to report the first run state from its
+    event monitor, so that reads right after a start need no QMP round trip."""
+    with vm._watch() as watch:
+        while True:
+            run = read_json(vm.dir, "run.json")
+            if not run or run.get("run_id") != run_id or "runstate" in run:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.info("%s: the keeper does not follow QEMU's events; states are read over QMP", vm.name)
+                return
+            watch.wait(left)
 
 
 def _kill_run(run: dict[str, Any] | None) -> None:
@@ -228,6 +264,7 @@ def terminate(vm: QemuMachine, timeout: float) -> None:
     deadline = time.monotonic() + 10
     while pid_alive(run.get("keeper_pid")) and time.monotonic() < deadline:
         time.sleep(0.005)
+    (vm.dir / MOVING).unlink(missing_ok=True)  # the run a verb moved is over
 
 
 def _end_qemu(vm: QemuMachine, proc: psutil.Process, timeout: float) -> None:

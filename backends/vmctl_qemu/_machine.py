@@ -6,6 +6,8 @@ Files in the machine's directory:
 - ``disk.qcow2``: the copy-on-write overlay over the base image (snapshots live inside it)
 - ``qmp.sock`` / ``state.sock``: QMP monitors for commands (under the lock) and for queries
 - ``run.json`` / ``exit.json``: written by the keeper: QEMU's pid, then its exit status
+  and, rewritten on every QMP event of QEMU's run state, that run state, the event that changed
+  it and when (trusted while the keeper lives and holds its lock on the file: :mod:`._keeper`)
 - ``state.bin``: the saved machine state while SUSPENDED (``state.bin.tmp`` while it is written)
 - ``qemu.log``: QEMU's stderr, kept after a crash; ``console.log``: the serial console
   when the spec names no ``serial_log``
@@ -15,6 +17,10 @@ respects), which begins by settling what a killed process left behind (:mod:`._r
 Reading the state changes nothing: while another process holds the lock it reports the state
 that process is moving from or through (never a false CRASHED), and a leftover reads as what the
 record says the machine is (a poweroff that was recorded is STOPPED) until a verb settles it.
+The run state comes from the keeper's ``run.json`` (no QMP round trip); QEMU is asked only
+where the keeper cannot know (it is gone, or its monitor failed). A verb that moves the run state
+returns only once the keeper has written the move, so the next reader sees it; waits wake on
+inotify when those files change.
 Processes are started and ended by :mod:`._launcher`.
 """
 
@@ -22,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import time
@@ -33,17 +38,19 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import psutil
 
+from vmctl.backend.diskuse import allocated_bytes
 from vmctl.backend.locking import lock_held
 from vmctl.backend.records import inside, spec_from_record
-from vmctl.backend.store import LOCK
+from vmctl.backend.store import LOCK, RECORD
 from vmctl.backend.tools import run_tool
 from vmctl.backend.usage import usage_of_process
 from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError, os_error_code
-from vmctl.interface import ALLOWED_FROM, Machine
-from vmctl.types import Capabilities, MachineSpec, Snapshot, State, Usage
+from vmctl.interface import ALLOWED_FROM, POLL_INTERVAL, Machine
+from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from . import _qmp
 from ._command import DISK_NODE, NIC_NETDEV, QMP_SOCKET, STATE_SOCKET
+from ._keeper import RUN_RECORD
 from ._launcher import (
     KEEPER_SCRIPT,
     PARTIAL_STATE,
@@ -58,6 +65,17 @@ from ._launcher import (
     terminate,
 )
 from ._recovery import has_leftovers, settle
+from ._sequences import (
+    RUNSTATES,
+    cont_after_reset,
+    disk_snapshots,
+    graceful_reboot,
+    load_state,
+    save_state,
+    snapshot_name,
+    snapshot_tag,
+)
+from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
     from ._hypervisor import QemuHypervisor
@@ -66,28 +84,13 @@ __all__ = ["KEEPER_SCRIPT", "QemuMachine", "snapshot_name", "snapshot_tag"]
 
 log = logging.getLogger("vmctl.qemu")
 
-_RUNSTATES = {
-    "running": State.RUNNING,
-    "shutdown": State.RUNNING,  # only between power-off and reset during a graceful restart
-    "paused": State.PAUSED,
-    "suspended": State.PAUSED,
-    "debug": State.PAUSED,
-    "io-error": State.PAUSED,
-    "watchdog": State.PAUSED,
-    "prelaunch": State.PAUSED,
-    "inmigrate": State.PAUSED,
-    "postmigrate": State.PAUSED,
-    "finish-migrate": State.PAUSED,
-    "save-vm": State.PAUSED,
-    "restore-vm": State.PAUSED,
-    "internal-error": State.CRASHED,
-    "guest-panicked": State.CRASHED,
-}
-# QEMU looks a snapshot tag up as a snapshot ID first ("2" finds the snapshot with ID 2, whatever
-# its name), so all-digit names are stored under this prefix; "#" is never part of a vmctl name.
-_NUMERIC_TAG = "vmctl#"
-_MIGRATION_BANDWIDTH = 1 << 34  # bytes/s: a stopped VM's state is written as fast as the disk takes it
+#: "shutdown" only between power-off and reset during a graceful restart (-no-shutdown is not set)
+_RUNSTATES = {**RUNSTATES, "shutdown": State.RUNNING}
 _NO_SNAPSHOTS = "the machine has no qcow2 disk (create it with overlay=True)"
+# files whose change may change the state (each is replaced by a rename, or deleted)
+_STATE_FILES = frozenset({RUN_RECORD, RECORD, "exit.json", SAVED_STATE})
+# a wait on events re-reads the state at least this often (a lock released changes no file)
+_EVENT_RECHECK = 5.0
 
 
 _P = ParamSpec("_P")
@@ -111,15 +114,6 @@ def _typed_os_errors(method: Callable[Concatenate[QemuMachine, _P], _R]) -> Call
 def _os_error(machine: str, what: str, exc: OSError) -> BackendError:
     path = str(exc.filename) if exc.filename is not None else None
     return BackendError(f"{machine}: {what} failed: {exc}", command=path, code=os_error_code(exc))
-
-
-def snapshot_tag(name: str) -> str:
-    """The qcow2 tag under which snapshot ``name`` is stored."""
-    return _NUMERIC_TAG + name if name.isdigit() else name
-
-
-def snapshot_name(tag: str) -> str:
-    return tag.removeprefix(_NUMERIC_TAG)
 
 
 class QemuMachine(Machine):
@@ -231,6 +225,36 @@ class QemuMachine(Machine):
             status: str = s.execute("query-status", timeout=timeout)["status"]
             return status
 
+    def _held_state(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        return held_state(self.dir, rec)
+
+    def _runstate_now(self, rec: dict[str, Any]) -> str:
+        """QEMU's run state: as the keeper holds it from QEMU's events, else asked over QMP."""
+        held = self._held_state(rec)
+        if held is not None:
+            return str(held["runstate"])
+        return self._query_status()
+
+    def _await_runstate(self, since: float, runstate: str) -> None:
+        await_runstate(self, since, runstate)
+
+    def _watch(self) -> contextlib.AbstractContextManager[DirWatch]:
+        return watching(self.dir, _STATE_FILES)
+
+    def _wait_changed(self, last: State, timeout: float) -> None:
+        """Wake when a file the state is read from changes: the keeper writes QEMU's events.
+        Without a live keeper (QEMU left running by one that was killed) this polls."""
+        try:
+            with self._watch() as watch:
+                if self._get_state() is not last:
+                    return  # moved between the caller's read and the watch
+                rec = self._record()
+                followed = self._held_state(rec) is not None or self._process(rec) is None
+                limit = _EVENT_RECHECK if followed else POLL_INTERVAL
+                watch.wait(min(limit, max(timeout, 0.0)))
+        except (OSError, VmctlError):
+            super()._wait_changed(last, timeout)
+
     @staticmethod
     def _runstate(runstate: str) -> State:
         return _RUNSTATES.get(runstate, State.UNKNOWN)
@@ -244,8 +268,11 @@ class QemuMachine(Machine):
             return self._offline_state(rec)
         if rec.get("status") == "stopped" and not self._lock_busy():
             return State.STOPPED  # the QEMU of an interrupted poweroff: the next verb ends it
+        if not still_running(proc):
+            # killed, not yet reaped: the event-held state still says what it last did
+            return self._offline_state(rec)
         try:
-            runstate = self._query_status()
+            runstate = self._runstate_now(rec)
         except (BackendError, OperationTimeout):
             if still_running(proc):
                 return State.UNKNOWN
@@ -292,17 +319,10 @@ class QemuMachine(Machine):
     def _restore(self, timeout: float) -> None:
         saved = self.dir / SAVED_STATE
         deadline = time.monotonic() + timeout
-        pauses = _qmp.backoff()
+        since = announce_move(self.dir)
         try:
             with open(saved, "rb") as f, self._monitor() as s:
-                s.send_fd(f.fileno(), "vmctl-restore")
-                s.execute("migrate-incoming", {"uri": "fd:vmctl-restore"})
-                while (status := s.execute("query-status")["status"]) == "inmigrate":
-                    if time.monotonic() > deadline:
-                        raise OperationTimeout(f"restoring {self.name!r}", timeout)
-                    time.sleep(next(pauses))
-                if status not in ("paused", "running", "postmigrate"):
-                    raise BackendError(f"restoring {self.name!r} left QEMU {status}: {self.hypervisor_log(800)}")
+                status = load_state(s, f, self.name, deadline, timeout, lambda: self.hypervisor_log(800))
         except BaseException:
             terminate(self, 10)  # the record still says suspended: the saved state is kept
             raise
@@ -312,16 +332,21 @@ class QemuMachine(Machine):
         if status != "running":
             with self._monitor() as s:
                 s.execute("cont")
+        self._await_runstate(since, "running")
 
     @_typed_os_errors
     def _do_pause(self, timeout: float) -> None:
+        since = announce_move(self.dir)
         with self._monitor(timeout) as s:
             s.execute("stop", timeout=timeout)
+        self._await_runstate(since, "paused")
 
     @_typed_os_errors
     def _do_resume(self, timeout: float) -> None:
+        since = announce_move(self.dir)
         with self._monitor(timeout) as s:
             s.execute("cont", timeout=timeout)
+        self._await_runstate(since, "running")
 
     @_typed_os_errors
     def _do_suspend(self, timeout: float) -> None:
@@ -329,18 +354,7 @@ class QemuMachine(Machine):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with self._monitor(timeout) as s:
-                was_running = s.execute("query-status")["status"] == "running"
-                s.execute("stop")
-                try:
-                    s.execute("migrate-set-parameters", {"max-bandwidth": _MIGRATION_BANDWIDTH})
-                    s.send_fd(fd, "vmctl-save")
-                    s.execute("migrate", {"uri": "fd:vmctl-save"})
-                    self._wait_migration(s, timeout)
-                except BaseException:
-                    if was_running:
-                        with contextlib.suppress(BackendError, OperationTimeout):
-                            s.execute("cont")
-                    raise
+                save_state(s, fd, self.name, timeout, NotedMoves(self))
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -350,25 +364,6 @@ class QemuMachine(Machine):
         os.replace(tmp, self.dir / SAVED_STATE)
         self._update(status="suspended")
         terminate(self, timeout)
-
-    def _wait_migration(self, s: _qmp.QmpSession, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        pauses = _qmp.backoff()
-        while True:
-            info = s.execute("query-migrate")
-            status = info.get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise BackendError(
-                    f"saving the state of {self.name!r} failed: {info.get('error-desc', status)}",
-                    command="migrate",
-                )
-            if time.monotonic() > deadline:
-                with contextlib.suppress(BackendError):
-                    s.execute("migrate_cancel")
-                raise OperationTimeout(f"saving the state of {self.name!r}", timeout)
-            time.sleep(next(pauses))
 
     @_typed_os_errors
     def _do_request_shutdown(self) -> None:
@@ -391,45 +386,28 @@ class QemuMachine(Machine):
         terminate(self, timeout)
         discard_run_files(self.dir)
 
-    def _cont_after_reset(self, s: _qmp.QmpSession, timeout: float) -> None:
-        """Resume once QEMU has processed a reset (``cont`` is refused until then)."""
-        deadline = time.monotonic() + timeout
-        pauses = _qmp.backoff()
-        while s.execute("query-status")["status"] != "running":
-            try:
-                s.execute("cont")
-            except BackendError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(next(pauses))
-
     @_typed_os_errors
     def _do_reset(self, timeout: float) -> None:
+        since = announce_move(self.dir)
         with self._monitor(timeout) as s:
             s.execute("system_reset")
-            self._cont_after_reset(s, timeout)
+            cont_after_reset(s, timeout)
+        self._await_runstate(since, "running")
 
     @_typed_os_errors
     def _do_reboot(self, timeout: float) -> bool:
-        # A graceful reboot as libvirt does it: let the guest shut down in response to the power
-        # button, keep QEMU alive in the "shutdown" run state, then reset and continue. The record
-        # notes the reboot so that the next verb restores the shutdown action if this process dies.
+        # The record notes the reboot so that the next verb restores the shutdown action if this
+        # process dies before graceful_reboot does.
         deadline = time.monotonic() + timeout
+        since = announce_move(self.dir)
         self._update(reboot_run=self._record().get("run_id"))
         with self._monitor(timeout) as s:
-            s.execute("set-action", {"shutdown": "pause"})
             try:
-                s.execute("system_powerdown")
-                while s.execute("query-status")["status"] != "shutdown":
-                    if time.monotonic() > deadline:
-                        return False
-                    time.sleep(0.05)
-                s.execute("system_reset")
-                self._cont_after_reset(s, 30)
-                return True
+                return graceful_reboot(s, deadline)
             finally:
-                s.execute("set-action", {"shutdown": "poweroff"})
                 self._update(reboot_run=None)
+                with contextlib.suppress(BackendError, OperationTimeout):
+                    self._await_runstate(since, s.execute("query-status")["status"])
 
     # -- snapshots ---------------------------------------------------------------------------
     def _snapshot_disk(self, rec: dict[str, Any]) -> Path:
@@ -448,8 +426,10 @@ class QemuMachine(Machine):
             job = f"save-{uuid.uuid4().hex[:8]}"
             with self._monitor(timeout) as s:
                 args = {"job-id": job, "tag": snapshot_tag(name), "vmstate": DISK_NODE, "devices": [DISK_NODE]}
+                since = announce_move(self.dir)
                 s.execute("snapshot-save", args, timeout=timeout)
                 s.wait_job(job, timeout)
+                self._await_runstate(since, s.execute("query-status")["status"])
         notes = dict(rec.get("notes", {}))
         notes[name] = description
         self._update(notes=notes)
@@ -460,19 +440,7 @@ class QemuMachine(Machine):
         disk = self._disk(rec)
         if disk is None or rec.get("disk_format") != "qcow2":
             return []
-        out = run_tool([self.hypervisor.qemu_img, "info", "--force-share", "--output=json", str(disk)], timeout=30)
-        raw = json.loads(out.stdout).get("snapshots", [])
-        raw.sort(key=lambda s: (s.get("date-sec", 0), s.get("date-nsec", 0), int(s.get("id") or 0)))
-        notes = rec.get("notes", {})
-        result = []
-        parent = None
-        for item in raw:
-            name = snapshot_name(item["name"])
-            created = item.get("date-sec", 0) + item.get("date-nsec", 0) / 1e9
-            has_memory = item.get("vm-state-size", 0) > 0
-            result.append(Snapshot(name, created, has_memory, notes.get(name, ""), parent))
-            parent = name
-        return result
+        return disk_snapshots(self.hypervisor.qemu_img, disk, rec.get("notes", {}))
 
     @_typed_os_errors
     def _do_revert(self, snapshot: Snapshot, timeout: float) -> None:
@@ -484,10 +452,12 @@ class QemuMachine(Machine):
             with self._monitor(timeout) as s:
                 tag = snapshot_tag(snapshot.name)
                 args = {"job-id": job, "tag": tag, "vmstate": DISK_NODE, "devices": [DISK_NODE]}
+                since = announce_move(self.dir)
                 s.execute("snapshot-load", args, timeout=timeout)
                 s.wait_job(job, timeout)
                 if s.execute("query-status")["status"] != "running":
                     s.execute("cont")
+            self._await_runstate(since, "running")
             return
         rec = self._update(status="stopped")  # before the saved state goes: never SUSPENDED without it
         if alive:
@@ -516,6 +486,10 @@ class QemuMachine(Machine):
         self._update(notes=notes)
 
     # -- usage, network, destroy -------------------------------------------------------------
+    def _do_disk_usage(self) -> DiskUsage:
+        # overlay, saved state, console and qemu logs, records: all in the machine's directory
+        return DiskUsage(self.name, allocated_bytes([self.dir]) or 0, (str(self.dir),))
+
     def _do_usage(self) -> Usage:
         rec = self._record()
         proc = self._process(rec) if rec.get("status") != "suspended" else None

@@ -22,6 +22,7 @@ from vmctl.errors import BackendError, OperationTimeout
 from vmctl.types import State
 
 from . import _qmp
+from ._keeper import MOVING
 from ._launcher import (
     PARTIAL_STATE,
     SAVED_STATE,
@@ -73,6 +74,7 @@ def settle(vm: QemuMachine, timeout: float = 300) -> State:
         proc = process_of(vm.dir, rec)
     if proc is None:
         partial.unlink(missing_ok=True)
+        (vm.dir / MOVING).unlink(missing_ok=True)  # a verb died moving a run that is over
         if rec.get("status") != "suspended":
             saved.unlink(missing_ok=True)
         if rec.get("reboot_run"):
@@ -89,7 +91,10 @@ def settle(vm: QemuMachine, timeout: float = 300) -> State:
             saved.unlink(missing_ok=True)
         return vm._offline_state(vm._record())
     try:
-        runstate = vm._query_status()
+        # the keeper's event-held run state, unless a state save may be half done: QEMU moves
+        # to "postmigrate" without an event, and only QEMU itself can tell
+        suspicious = rec.get("reboot_run") or partial.exists() or saved.exists()
+        runstate = vm._query_status() if suspicious else vm._runstate_now(rec)
     except (BackendError, OperationTimeout):
         return State.UNKNOWN if still_running(proc) else vm._offline_state(vm._record())
     if runstate == "shutdown":
