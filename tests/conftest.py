@@ -29,7 +29,14 @@ LIBVIRTD_FILES = frozenset(
         "tests/test_races_libvirt.py",
     }
 )
-BUNDLE_FILES = frozenset({"tests/test_boinc_bundle.py", "tests/test_boinc_hostcheck.py", "tests/test_boinc_package.py"})
+BUNDLE_FILES = frozenset(
+    {
+        "tests/test_boinc_bundle.py",
+        "tests/test_boinc_hostcheck.py",
+        "tests/test_boinc_nopython.py",
+        "tests/test_boinc_package.py",
+    }
+)
 
 _PARAMS = re.compile(r"\[(.*)\]$")
 

@@ -686,22 +686,41 @@ def test_reaper_ends_a_leftover_vm_process_whose_slot_was_emptied(tmp_path: Path
 # -- messages in stderr.txt -----------------------------------------------------------------------------------
 
 
-def test_vbox_job_keys_that_cannot_be_honoured_are_reported(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def vbox_env(env: Env, text: str) -> None:
     (env.slot / "vmctl_job.toml").unlink()
     (env.project / "v1_base.img").rename(env.project / "vm.vdi")
     (env.slot / "vm_image.vdi").write_text("<soft_link>../../projects/p/vm.vdi</soft_link>\n")
-    env.write_job(
-        text="<vbox_job><memory_size_mb>512</memory_size_mb><enable_floppyio/><boot_iso/>"
-        "<enable_shared_directory/></vbox_job>",
-        name="vbox_job.xml",
+    env.write_job(text=text, name="vbox_job.xml")
+
+
+def test_vbox_job_a_guest_contract_that_cannot_be_kept_fails_at_once(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    vbox_env(
+        env,
+        "<vbox_job><memory_size_mb>512</memory_size_mb><enable_floppyio/><boot_iso/>"
+        "<enable_cache_disk>0</enable_cache_disk><enable_shared_directory/></vbox_job>",
     )
     # the memory backend stands in for the default QEMU backend here
     adapter = env.adapter()
     caplog.set_level("INFO", logger="vmctl")
-    assert adapter.start() is None
+    assert adapter.start() == EXIT_INIT_FAILURE, "failed at once, never a temporary exit retried for hours"
+    assert not (env.slot / TEMPORARY_EXIT_FILE).exists()
+    assert env.hv.machines() == [], "no VM made for a guest that would wait in vain"
+    (message,) = [r.getMessage() for r in caplog.records if "cannot give the guest" in r.getMessage()]
+    assert "qemu backend" in message and "enable_floppyio" in message and "boot_iso" in message
+    assert "enable_cache_disk" not in message, "a key set to 0 asks for nothing"
+
+
+def test_vbox_job_ignored_keys_are_said_once(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    vbox_env(env, "<vbox_job><memory_size_mb>512</memory_size_mb><vram_size_mb>16</vram_size_mb></vbox_job>")
+    caplog.set_level("INFO", logger="vmctl")
+    adapter = started(env)
     assert env.vm().spec.memory_mib == 512
-    text = caplog.text
-    assert "enable_floppyio: not honoured" in text and "boot_iso: not honoured" in text
+    assert env.send(adapter, "<quit/>") == 0
+    started(env)
+    said = [r for r in caplog.records if r.getMessage().startswith("job file: vram_size_mb: ignored")]
+    assert len(said) == 1, "said at the task's first start only"
 
 
 def test_stderr_lines_are_timestamped_and_job_errors_fail_clearly(env: Env) -> None:

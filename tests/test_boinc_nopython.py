@@ -10,8 +10,11 @@ with the host's ``boinccmd`` over loopback and reads the files the client and th
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -31,11 +34,30 @@ ENTER = Path(__file__).with_name("nopython_root.sh")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(boinc_available() is not None, reason=str(boinc_available())),
-    pytest.mark.skipif(
-        not ROOT or not Path(ROOT, ".vmctl-ci-root").exists(),
-        reason="no Python-less root: export VMCTL_NOPYTHON_ROOT=$(.ci/nopython-root)",
-    ),
+    pytest.mark.skipif(not ROOT, reason="no Python-less root: export VMCTL_NOPYTHON_ROOT=$(.ci/nopython-root)"),
 ]
+BUILD_DEADLINE = 900.0
+
+
+@pytest.fixture(scope="module")
+def built_root() -> Iterator[str]:
+    """The root, once a build that runs beside the suite (``.ci/test`` starts one) has finished:
+    a build holds ``ROOT.lock`` exclusively, so holding it shared means no build is under way."""
+    with open(f"{ROOT}.lock", "a") as lock:
+        deadline = time.monotonic() + BUILD_DEADLINE
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the Python-less root {ROOT} was still building after {BUILD_DEADLINE:.0f} s")
+                time.sleep(0.5)  # polling a lock the builder holds; nothing to wake us
+        if not Path(ROOT, ".vmctl-ci-root").exists():
+            log = os.environ.get("VMCTL_NOPYTHON_LOG", "")
+            tail = Path(log).read_text(errors="replace")[-3000:] if log and Path(log).exists() else ""
+            pytest.fail(f"no Python-less root at {ROOT} (build it: .ci/nopython-root)\n{tail}")
+        yield ROOT
 
 
 class RootedPeer(BoincPeer):
@@ -75,7 +97,7 @@ def progress(slot: Path) -> int:
 
 
 def test_a_task_runs_suspends_survives_a_client_restart_and_completes_without_python(
-    tmp_path: Path, guest: TestGuest
+    tmp_path: Path, guest: TestGuest, built_root: str
 ) -> None:
     assert subprocess.run(["chroot", ROOT, "sh", "-c", "command -v python3"], check=False).returncode != 0
     out = package(tmp_path, guest)

@@ -23,7 +23,7 @@ import vmctl
 import vmctl.boinc._vmsetup as vmsetup
 from tests.test_boinc_adapter import Env, make_env, output_job, started
 from vmctl.backend.ports import free_port
-from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, disk_usage, vm_file_roots
+from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, DiskBound, disk_usage, vm_file_roots
 from vmctl.boinc._safefs import UnsafeFile, copy_bounded, read_bounded, read_tail, stat_beneath, write_exclusive
 from vmctl.boinc.adapter import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import CONFIG_ENV, HostConfigError, Profile, load_host_config
@@ -541,6 +541,38 @@ def test_disk_use_counts_a_state_dir_outside_the_slot_and_follows_no_link(tmp_pa
     assert roots == [slot, state]
     assert (1 << 20) <= (disk_usage(roots) or 0) < (2 << 20)
     assert vm_file_roots(slot, {"state_dir": str(slot / "vm")}) == [slot]
+
+
+class _Reporting:
+    """A machine whose backend reports its files (``disk_usage``), or cannot (``None``)."""
+
+    def __init__(self, used: vmctl.DiskUsage | None) -> None:
+        self.used = used
+
+    def disk_usage(self) -> vmctl.DiskUsage:
+        if self.used is None:
+            raise vmctl.Unsupported("test", "disk_usage")
+        return self.used
+
+
+def test_disk_use_adds_what_the_backend_keeps_outside_the_slot_and_counts_the_slot_once(tmp_path: Path) -> None:
+    slot, pool = tmp_path / "slot", tmp_path / "pool"
+    (slot / "vm" / "m").mkdir(parents=True)
+    pool.mkdir()
+    _fill(slot / "shared.bin", 1 << 20)
+    _fill(slot / "vm" / "m" / "overlay.qcow2", 1 << 20)
+    _fill(pool / "overlay.qcow2", 3 << 20)
+    roots = [slot]
+
+    def bound(vm: object) -> DiskBound:
+        return DiskBound(roots, 1, 0.0, machine=lambda: vm)  # type: ignore[arg-type,return-value]
+
+    outside = vmctl.DiskUsage("m", 3 << 20, (str(pool / "overlay.qcow2"),))
+    assert (5 << 20) <= (bound(_Reporting(outside)).used() or 0) < (6 << 20), "a pool volume counts"
+    inside = vmctl.DiskUsage("m", 1 << 20, (str(slot / "vm" / "m"),))
+    assert (2 << 20) <= (bound(_Reporting(inside)).used() or 0) < (3 << 20), "files in the slot count once"
+    assert (2 << 20) <= (bound(_Reporting(None)).used() or 0) < (3 << 20), "unknown: the slot is walked"
+    assert (2 << 20) <= (bound(None).used() or 0) < (3 << 20), "no VM yet: the slot is walked"
 
 
 # -- 10. console log and state directory ----------------------------------------------------------

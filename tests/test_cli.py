@@ -99,7 +99,15 @@ def test_create_from_flags_then_list_and_show(run: Run, tmp_path: Path) -> None:
                "--share", f"data={share}")  # fmt: skip
     assert run.out.strip() == "web: created (stopped)"
     [item] = run.json("list")
-    assert item == {"name": "web", "backend": "memory", "state": "stopped", "pid": None, "cpus": 2, "memory_mib": 1024}
+    assert item == {
+        "name": "web",
+        "backend": "memory",
+        "state": "stopped",
+        "pid": None,
+        "cpus": 2,
+        "memory_mib": 1024,
+        "managed": True,
+    }
     shown = run.json("show", "web")
     assert shown["spec"]["memory_mib"] == 1024
     assert shown["spec"]["network"]["port_forwards"] == [

@@ -167,6 +167,7 @@ VBOX_EXPECTED = {
     "VBOX_E_OBJECT_IN_USE": ErrorCode.INVALID_STATE,
     "E_INVALIDARG": ErrorCode.INVALID_ARGUMENT,
     "E_FAIL": ErrorCode.UNKNOWN,
+    "NS_ERROR_FAILURE": ErrorCode.UNKNOWN,  # E_FAIL as Linux and macOS hosts name it
 }
 
 

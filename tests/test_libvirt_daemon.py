@@ -230,3 +230,109 @@ def test_images_the_daemon_cannot_read_are_refused_at_create(
         hv.create(vmctl.MachineSpec(name="unreachable", disk=disk, kernel=kernel, shared_dirs={"x": private}))
     with pytest.raises(vmctl.MachineNotFound):
         hv.machine("unreachable")
+
+
+def test_the_adapter_ends_a_task_whose_libvirt_overlay_outside_the_slot_passes_the_disk_bound(
+    guest: tuple[Path, Path, Path, str],
+) -> None:
+    """Issue 13, attack 9: the domain's overlay lives in libvirt's image directory, not in the
+    slot, and still counts against ``rsc_disk_bound``; past it the task ends with 196."""
+    import os
+    import shutil
+    import tempfile
+
+    from vmctl.boinc._diskuse import CHECK_INTERVAL, EXIT_DISK_LIMIT_EXCEEDED, disk_usage
+    from vmctl.boinc.adapter import Adapter
+    from vmctl.boinc.hostconfig import Profile
+    from vmctl.boinc.initdata import read_init_data
+    from vmctl.boinc.job import find_job_file, load_job
+    from vmctl.boinc.shm import open_shared_memory
+    from vmctl.boinc.slot import Slot
+    from vmctl.boinc.testing import FakeClient
+
+    kernel, initrd, disk, cmdline = guest
+    bound = 4e6
+    root = Path(tempfile.mkdtemp(prefix="vmctl-diskbound-", dir="/var/lib/libvirt/images"))
+    hv = vmctl.connect("libvirt", uri=URI)
+    client: FakeClient | None = None
+    try:
+        project, slot = root / "projects" / "p", root / "slots" / "0"
+        project.mkdir(parents=True)
+        slot.mkdir(parents=True)
+        for directory in (root, root / "projects", project):
+            directory.chmod(0o711)  # the daemon's QEMU user reaches the images, lists nothing
+        for name, source in {"vmlinuz": kernel, "initrd.img": initrd, "disk.qcow2": disk}.items():
+            os.link(source, project / name)
+        (project / "job.toml").write_text(
+            f'backend = "libvirt"\nimage = "disk.qcow2"\nkernel = "vmlinuz"\ninitrd = "initrd.img"\n'
+            f'cmdline = "{cmdline}"\nmemory_mib = 128\n[backend_options]\naccel = "tcg"\n'
+        )
+        links = {
+            "vmctl_job.toml": "job.toml",
+            "disk.qcow2": "disk.qcow2",
+            "vmlinuz": "vmlinuz",
+            "initrd.img": "initrd.img",
+        }
+        for open_name, physical in links.items():
+            (slot / open_name).write_text(f"<soft_link>../../projects/p/{physical}</soft_link>\n")
+        client = FakeClient(slot, project_dir=str(project), boinc_dir=str(root), rsc_disk_bound=bound)
+        data = read_init_data(slot)
+        adapter = Adapter(
+            Slot(slot),
+            data,
+            load_job(find_job_file(slot)),
+            open_shared_memory(slot, data.shm_key),
+            reap_at_start=False,
+            profile=Profile("libvirt", "libvirt", {"uri": URI}),  # overlays in libvirt's image directory
+        )
+        assert adapter.start() is None, "the task runs"
+        vm = adapter.vm
+        assert vm is not None and vm.state is State.RUNNING
+        console = slot / "vm_console.log"
+        wait_until(lambda: b"VMCTL-GUEST READY" in console.read_bytes(), BOOT_TIMEOUT, "the guest to boot")
+        # The booted guest's RAM saved into the overlay: the VM's files grow past the bound,
+        # outside the slot.
+        vm.snapshot("grown")
+        used = vm.disk_usage()
+        (overlay,) = used.paths
+        assert Path(overlay).parent == STATE_DIR and not Path(overlay).is_relative_to(slot)
+        assert used.bytes > bound, f"the snapshot made the overlay {used.bytes} bytes"
+        assert (disk_usage([slot]) or 0) < bound, "the slot alone stays under the bound"
+        deadline = time.monotonic() + CHECK_INTERVAL + 60
+        code = None
+        tick = 0
+        while code is None:
+            assert time.monotonic() < deadline, "the task ran on past its disk bound"
+            if tick % 10 == 0:
+                client.heartbeat()
+            client.poll()
+            code = adapter.step()
+            tick += 1
+            time.sleep(0.1)
+        assert code == EXIT_DISK_LIMIT_EXCEEDED == 196
+        assert not Path(overlay).exists(), "the VM is deleted, its overlay with it"
+        assert vm.name not in [m.name for m in hv.machines()]
+    finally:
+        if client is not None:
+            client.close()
+        for machine in hv.machines():
+            if machine.name.startswith("boinc-") and machine.spec.kernel is not None:
+                if str(machine.spec.kernel).startswith(str(root)):
+                    machine.destroy()
+        hv.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_disk_usage_counts_the_overlay_and_the_managed_save_image(make_vm: MakeVm) -> None:
+    vm = make_vm("du")
+    boot(vm)
+    running = vm.disk_usage()
+    (overlay,) = running.paths
+    assert Path(overlay).parent == STATE_DIR and running.bytes > 0
+    vm.suspend()
+    saved = vm.disk_usage()
+    assert saved.paths == (overlay, f"/var/lib/libvirt/qemu/save/{vm.name}.save")
+    assert saved.bytes > running.bytes + (1 << 20), "the guest's RAM in the managed-save image"
+    vm.start()
+    assert vm.disk_usage().paths == (overlay,), "restored: the image is gone"
+    vm.poweroff()

@@ -129,6 +129,8 @@ def test_a_machine_through_the_ssh_transport(ssh_uri: str, tmp_path: Path) -> No
         assert len(vols) == 1 and vols[0].name().startswith(f"{name}-") and vols[0].name().endswith(".qcow2")
         assert f"<path>{disk}</path>" in vols[0].XMLDesc(0)
         assert vm.pid is None  # no process of ours to see on a remote host
+        fresh = vm.disk_usage()  # the volume's allocation, as the remote daemon measures it
+        assert fresh.paths == (vols[0].path(),) and fresh.bytes == vols[0].info()[2]
         probe = SerialLogProbe(serial)
         vm.start()
         probe.wait_ready(60)
@@ -141,6 +143,7 @@ def test_a_machine_through_the_ssh_transport(ssh_uri: str, tmp_path: Path) -> No
         assert usage.cpu_seconds is not None and usage.cpu_seconds > 0
         vm.snapshot("s1")
         assert [s.name for s in vm.snapshots()] == ["s1"]
+        assert vm.disk_usage().bytes > fresh.bytes + (1 << 20), "the guest's RAM, saved into the volume"
         # Events travel over ssh too: the stop is seen without polling.
         assert vm.stop(timeout=60) is True
         assert vm.state is State.STOPPED

@@ -274,3 +274,101 @@ def test_virtualbox_shares_refuse_guest_symlinks_and_read_only_shares_are_read_o
     settings = json.loads((sim.base_folder / "shares" / "shares.vbox").read_text())
     assert {sf["name"]: sf["writable"] for sf in settings["shared"]} == {"rw": True, "ro": False}
     assert sim.connect().machine("shares").spec.readonly_shares == frozenset({"ro"})
+
+
+# -- VirtualBox NAT: host loopback (issue 13, attack 4) -------------------------------------------
+
+
+def test_virtualbox_nat_never_reaches_host_loopback(sim: Sim) -> None:  # noqa: F811
+    forward = vmctl.PortForward(host_port=2222, guest_port=22)
+    sim.hv.create(sim.spec("nat", network=vmctl.Network(port_forwards=(forward,))))
+    settings = json.loads((sim.base_folder / "nat" / "nat.vbox").read_text())
+    nic = settings["nics"]["1"]
+    assert nic["type"] == "nat" and nic["localhost_reachable"] is False, nic
+    assert [rule.split(",")[3] for rule in nic["forwards"]] == ["2222"], "port forwards stay"
+    sim.hv.create(sim.spec("offline", network=None))
+    assert "localhost_reachable" not in json.loads((sim.base_folder / "offline" / "offline.vbox").read_text())[
+        "nics"
+    ].get("1", {})
+
+
+def test_virtualbox_6_gets_no_localhost_switch_it_would_refuse(tmp_path: Path) -> None:
+    from vmctl_virtualbox._vboxmanage import VBoxManageTransport
+
+    for version, switch in (("6.1.50r161033", False), ("7.0.20r163906", True), ("7.1.4r165100", True)):
+        fake = tmp_path / f"VBoxManage-{version}"
+        fake.write_text(f"#!/bin/sh\necho {version}\n")
+        fake.chmod(0o755)
+        transport = VBoxManageTransport(str(fake))
+        assert transport.version() == version and transport.localhost_switch is switch
+
+
+# -- disk_usage(): what each backend keeps for a machine (issue 13, attack 9) --------------------
+
+
+def _filled(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def test_qemu_disk_usage_is_the_machine_directory_not_the_base(tmp_path: Path) -> None:
+    from vmctl.backend.diskuse import allocated_bytes
+
+    base = _filled(tmp_path / "base.img", 4 << 20)
+    hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
+    vm = hv.create(vmctl.MachineSpec(name="du", disk=base))
+    try:
+        used = vm.disk_usage()
+        (directory,) = used.paths
+        assert Path(directory) == tmp_path / "state" / "du"
+        assert 0 < used.bytes == allocated_bytes([Path(directory)]) < 1 << 20, "the overlay, not the base"
+        _filled(Path(directory) / "saved-state.bin", 2 << 20)  # what a suspend leaves there
+        assert vm.disk_usage().bytes >= used.bytes + (2 << 20)
+    finally:
+        vm.destroy()
+
+
+def test_virtualbox_disk_usage_is_the_machine_folder(sim: Sim) -> None:  # noqa: F811
+    vm = sim.hv.create(sim.spec("du"))
+    used = vm.disk_usage()
+    assert used.paths == (str(sim.base_folder / "du"),)
+    assert 0 < used.bytes < sim.disk.stat().st_size, "the differencing image, not the base"
+    _filled(sim.base_folder / "du" / "Snapshots" / "saved.sav", 1 << 20)
+    assert vm.disk_usage().bytes >= used.bytes + (1 << 20)
+
+
+def test_vmware_disk_usage_is_the_vmx_directory(tmp_path: Path) -> None:
+    from tests.contract.harness_vmware import fake_vmdk, make_vmrun, vmx_processes
+
+    hv = vmctl.connect(
+        "vmware", product="ws", vmrun=make_vmrun(tmp_path / "bin", tmp_path / "home"), vm_dir=tmp_path / "vms"
+    )
+    vm = hv.create(vmctl.MachineSpec(name="du", disk=fake_vmdk(tmp_path / "base.vmdk")))
+    try:
+        used = vm.disk_usage()
+        assert used.paths == (str(tmp_path / "vms" / "du"),) and used.bytes > 0
+        _filled(tmp_path / "vms" / "du" / "du.vmss", 1 << 20)
+        assert vm.disk_usage().bytes >= used.bytes + (1 << 20)
+    finally:
+        vm.destroy()
+        for proc in vmx_processes(str(tmp_path)):
+            proc.kill()
+
+
+def test_disk_usage_is_unsupported_where_the_backend_cannot_know(tmp_path: Path) -> None:
+    from vmctl_memory import MemoryHypervisor
+
+    class Unknowing(MemoryHypervisor):
+        @property
+        def capabilities(self) -> vmctl.Capabilities:
+            return super().capabilities.without("disk_usage")
+
+    disk = tmp_path / "d.img"
+    disk.write_bytes(b"")
+    assert vmctl.connect("memory", namespace="du").create(vmctl.MachineSpec(name="m", disk=disk)).disk_usage() == (
+        vmctl.DiskUsage("m", 0)
+    )
+    vm = Unknowing(namespace="du-unknowing").create(vmctl.MachineSpec(name="m", disk=disk))
+    with pytest.raises(vmctl.Unsupported, match="disk_usage"):
+        vm.disk_usage()
+    assert not vmctl.Capabilities().disk_usage, "a third-party backend claims nothing it did not build"

@@ -387,3 +387,70 @@ def test_the_recorded_spec_survives_a_moved_disk_but_not_a_tampered_tag(env: Set
             _ = env.connect().machine("rec").spec
     finally:
         moved.rename(env.disk)
+
+
+# -- what the real tools print and write -----------------------------------------------------
+def test_tools_state_and_guest_address_read_vmruns_real_forms(env: Setup) -> None:
+    vm = env.connect().create(vmctl.MachineSpec(name="ip", disk=env.disk, network=vmctl.Network()))
+    assert isinstance(vm, VmwareMachine)
+    assert vm.tools_state() == "unknown", "vmrun prints 'unknown' and exits -2 for a powered-off VM"
+    with pytest.raises(vmctl.InvalidState):
+        vm.guest_address()
+    env.sim.set_profile(env.home, "ip", tools=False)
+    vm.start()
+    assert vm.tools_state() == "installed"
+    with pytest.raises(vmctl.BackendError) as err:
+        vm.guest_address()
+    assert err.value.code is vmctl.ErrorCode.GUEST
+    env.sim.set_profile(env.home, "ip")
+    address = vm.guest_address(wait=True, timeout=30)
+    assert address.startswith("192.168.") and vm.tools_state() == "running"
+    vm.poweroff()
+
+
+def test_a_fake_vmrun_printing_unknown_or_garbage_is_read_or_refused(env: Setup) -> None:
+    vmrun = fake_vmrun(
+        env.tmp / "fake-vmrun",
+        "verb = argv[2]\n"
+        "if verb == 'checkToolsState': print('unknown'); sys.exit(254)\n"
+        "if verb == 'getGuestIPAddress': print('unknown'); sys.exit(0)\n"
+        "print('Total running VMs: 0')\n",
+    )
+    env.connect().create(vmctl.MachineSpec(name="f", disk=env.disk, overlay=False))
+    fake = env.connect(vmrun=vmrun).machine("f")
+    assert isinstance(fake, VmwareMachine)
+    assert fake.tools_state() == "unknown"
+    with pytest.raises(vmctl.BackendError, match="not an IP address") as err:
+        fake.guest_address()
+    assert err.value.code is vmctl.ErrorCode.PROTOCOL
+
+
+def test_a_base_vmx_in_a_legacy_charset_with_unquoted_values_is_cloned_faithfully(env: Setup) -> None:
+    base_dir = env.tmp / "legacy"
+    base_dir.mkdir()
+    base = base_dir / "legacy.vmx"
+    data = (
+        '.encoding = "windows-1252"\n# written by hand\n'
+        f'displayName = "Café"\nscsi0:0.fileName = "{env.disk}"\nmemsize = 64   # MB\nannotation = "naïve"\n'
+    ).encode("cp1252")
+    base.write_bytes(data)
+    vm = env.connect().create(vmctl.MachineSpec(name="c1", disk=base, memory_mib=300))
+    assert isinstance(vm, VmwareMachine)
+    clone = vm.vmx.read_bytes()
+    assert b"\xef\xbf\xbd" not in clone, "no character became U+FFFD"
+    config = VmxFile.load(vm.vmx)
+    assert config.get("annotation") == "naïve" and config.get("memsize") == "300"
+    assert sum(1 for key in config.keys() if key.lower() == "memsize") == 1
+    assert base.read_bytes() == data, "the user's base VM file is not rewritten"
+    boot(env, vm)
+    vm.poweroff()
+
+
+def test_a_base_vmx_in_an_unknown_charset_is_refused_untouched(env: Setup) -> None:
+    base = env.tmp / "odd.vmx"
+    data = f'.encoding = "x-unknown"\nscsi0:0.fileName = "{env.disk}"\n'.encode()
+    base.write_bytes(data)
+    hv = env.connect()
+    with pytest.raises(vmctl.BackendError, match="x-unknown"):
+        hv.create(vmctl.MachineSpec(name="u", disk=base))
+    assert base.read_bytes() == data and hv.machines() == [] and env.calls() == []

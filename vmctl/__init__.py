@@ -27,7 +27,17 @@ from vmctl.errors import (
 )
 from vmctl.interface import Hypervisor, Machine
 from vmctl.registry import BackendProvider, backends, connect
-from vmctl.types import BackendInfo, Capabilities, MachineSpec, Network, PortForward, Snapshot, State, Usage
+from vmctl.types import (
+    BackendInfo,
+    Capabilities,
+    DiskUsage,
+    MachineSpec,
+    Network,
+    PortForward,
+    Snapshot,
+    State,
+    Usage,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +49,7 @@ __all__ = [
     "BackendProvider",
     "BackendUnavailable",
     "Capabilities",
+    "DiskUsage",
     "ErrorCode",
     "Hypervisor",
     "InvalidSpec",

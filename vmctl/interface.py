@@ -48,6 +48,7 @@ from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTi
 from vmctl.types import (
     SPEC_FEATURES,
     Capabilities,
+    DiskUsage,
     MachineSpec,
     Snapshot,
     State,
@@ -141,6 +142,11 @@ class Machine(ABC):
         snapshots), never the base image. The core has powered off a RUNNING or PAUSED machine
         first. Blocks until the machine is gone; afterwards lookups raise MachineNotFound."""
 
+    def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
+        """Undefine an adopted machine (:attr:`managed` False), deleting its disk images only with
+        ``delete_disks``; the core has powered off a RUNNING or PAUSED machine first."""
+        raise Unsupported(self.hypervisor.name, "destroy", "this backend cannot destroy an adopted machine")
+
     def _do_pause(self, timeout: float) -> None:
         """Freeze a RUNNING machine in host memory. Blocks until PAUSED."""
         raise Unsupported(self.hypervisor.name, "pause")
@@ -191,6 +197,12 @@ class Machine(ABC):
         """Resource usage now; a read, called outside the section, from any state."""
         return Usage(machine=self.name)
 
+    def _do_disk_usage(self) -> DiskUsage:
+        """Bytes the backend's files of this machine use on the host's storage (see
+        :meth:`disk_usage`); a read, called outside the section, from any state. Only called
+        where ``capabilities.disk_usage`` is True."""
+        raise Unsupported(self.hypervisor.name, "disk_usage")
+
     def _do_set_network(self, enabled: bool) -> None:
         """Set the link of a RUNNING or PAUSED machine's NIC (the spec has a network)."""
         raise Unsupported(self.hypervisor.name, "set_network")
@@ -215,6 +227,14 @@ class Machine(ABC):
     def state(self) -> State:
         """The machine's current state, read from the hypervisor."""
         return self._get_state()
+
+    @property
+    def managed(self) -> bool:
+        """True for a machine vmctl created; False for one it adopted: a VM the hypervisor already
+        knew (defined with virsh, virt-manager, another tool), opened with :meth:`Hypervisor.machine`
+        or listed by ``Hypervisor.machines(all=True)``. Its :attr:`spec` is read from the
+        hypervisor's own configuration, and :meth:`destroy` keeps its disks unless asked."""
+        return True
 
     @property
     def pid(self) -> int | None:
@@ -369,6 +389,19 @@ class Machine(ABC):
         """Resource usage now; fields the backend cannot measure are None."""
         return self._do_usage()
 
+    def disk_usage(self) -> DiskUsage:
+        """Bytes that the files the backend keeps for this machine occupy now on the storage of
+        the hypervisor's host (allocated blocks, not apparent sizes): its overlay, snapshots,
+        saved state, settings and logs, wherever the backend keeps them. Not counted: the files
+        the spec names (the disk image, which ``overlay=False`` writes to, kernel, initrd,
+        ``serial_log``) and shared directories, which are the caller's.
+
+        Raises :class:`Unsupported` where the backend cannot know (``capabilities.disk_usage``).
+        """
+        if not self.capabilities.disk_usage:
+            raise Unsupported(self.hypervisor.name, "disk_usage")
+        return self._do_disk_usage()
+
     def set_network(self, enabled: bool) -> None:
         """Set the guest's network link up or down (a cable pulled, the NIC still there)."""
         with self._checked("set_network", 30, self.capabilities.network_toggle):
@@ -415,16 +448,25 @@ class Machine(ABC):
             left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             self._wait_changed(state, left)
 
-    def destroy(self, timeout: float = 60) -> None:
+    def destroy(self, timeout: float = 60, *, delete_disks: bool = False) -> None:
         """Power off if needed, then undefine: delete the overlay, saved state and snapshots.
 
-        The base image is never touched.
+        The base image is never touched. An adopted machine (:attr:`managed` False) is undefined
+        and its saved state discarded, but its disk images, which vmctl did not make, are kept
+        unless ``delete_disks=True``. On vmctl's own machines ``delete_disks`` changes nothing:
+        what vmctl made is always deleted, the base image never.
         """
-        log.info("%s: destroy", self.name)
+        if not isinstance(delete_disks, bool):
+            raise InvalidSpec("delete_disks", f"{delete_disks!r} is not a boolean")
+        managed = self.managed
+        log.info("%s: destroy%s", self.name, "" if managed else f" (adopted, delete_disks={delete_disks})")
         with self._exclusive("destroy", timeout):
             if self._get_state() in (State.RUNNING, State.PAUSED):
                 self._do_poweroff(timeout)
-            self._do_destroy(timeout)
+            if managed:
+                self._do_destroy(timeout)
+            else:
+                self._do_destroy_adopted(timeout, delete_disks)
 
 
 class Hypervisor(ABC):
@@ -445,9 +487,14 @@ class Hypervisor(ABC):
     @abstractmethod
     def _machine_names(self) -> list[str]: ...
 
+    def _all_machine_names(self) -> list[str]:
+        """Every machine the hypervisor knows, vmctl's and adoptable ones (default: vmctl's)."""
+        return self._machine_names()
+
     @abstractmethod
     def _open_machine(self, name: str) -> Machine:
-        """Return a handle; raise MachineNotFound if no such machine exists."""
+        """Return a handle to any machine the hypervisor knows by ``name``, vmctl's or not
+        (:attr:`Machine.managed` tells them apart); raise MachineNotFound if there is none."""
 
     def create(self, spec: MachineSpec) -> Machine:
         """Define a machine from ``spec``; it starts STOPPED.
@@ -464,15 +511,25 @@ class Hypervisor(ABC):
         return self._do_create(spec)
 
     def machine(self, name: str) -> Machine:
-        """The machine called ``name``; raises :class:`MachineNotFound`."""
+        """The machine called ``name``, vmctl's own or one the hypervisor knows from elsewhere
+        (adopted: :attr:`Machine.managed` is False); raises :class:`MachineNotFound`."""
         validate_name(name)
         return self._open_machine(name)
 
-    def machines(self) -> list[Machine]:
-        """Every machine this connection manages, sorted by name (:func:`vmctl.display.table`
-        shows them as one)."""
+    def machines(self, all: bool = False) -> list[Machine]:
+        """Every machine vmctl created on this connection, sorted by name; with ``all=True`` also
+        every other machine the hypervisor knows (adopted, :attr:`Machine.managed` False) whose
+        name vmctl accepts (:func:`vmctl.display.table` shows them as one)."""
+        names = self._machine_names()
+        if all:
+            names = []
+            for name in self._all_machine_names():
+                try:
+                    names.append(validate_name(name))
+                except InvalidSpec:
+                    log.info("%s: skipping machine %r: vmctl cannot address its name", self.name, name)
         found: list[Machine] = []
-        for name in sorted(self._machine_names()):
+        for name in sorted(set(names)):
             try:
                 found.append(self._open_machine(name))
             except MachineNotFound:  # destroyed meanwhile by another process

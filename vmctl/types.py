@@ -29,6 +29,7 @@ __all__ = [
     "USAGE_FIELDS",
     "BackendInfo",
     "Capabilities",
+    "DiskUsage",
     "MachineSpec",
     "Network",
     "PortForward",
@@ -174,11 +175,13 @@ class MachineSpec:
     def __post_init__(self) -> None:
         self._validate(check_files=True)
 
-    def _validate(self, check_files: bool) -> None:
+    def _validate(self, check_files: bool, need_boot: bool = True) -> None:
         """Check every field; with ``check_files`` also that the files and directories exist.
 
         Without it (a spec read back from a machine's record, whose base image may have moved)
         everything else is still checked: names, numbers, share tags, port forwards, paths.
+        Without ``need_boot`` (an adopted machine's configuration) it may have neither a disk
+        nor a kernel (it boots from a CD or the network).
         """
         validate_name(self.name)
         for label, value, top in (("memory_mib", self.memory_mib, MAX_MEMORY_MIB), ("cpus", self.cpus, MAX_CPUS)):
@@ -196,7 +199,7 @@ class MachineSpec:
                 raise InvalidSpec("cmdline", "must be one line of text")
             if self.kernel is None:
                 raise InvalidSpec("cmdline", "a kernel command line needs a kernel")
-        if self.disk is None and self.kernel is None:
+        if need_boot and self.disk is None and self.kernel is None:
             raise InvalidSpec("disk", "a machine needs a disk image or a kernel to boot")
         if self.network is not None and not isinstance(self.network, Network):
             raise InvalidSpec("network", f"{self.network!r} is not a vmctl.Network")
@@ -318,6 +321,23 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class DiskUsage:
+    """What :meth:`vmctl.Machine.disk_usage` measured: ``bytes`` allocated on the storage of the
+    hypervisor's host by the files the backend keeps for one machine, and ``paths``, those files
+    and directories as paths on that host (so a caller that also measures a tree holding some of
+    them counts them once)."""
+
+    machine: str
+    bytes: int
+    paths: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["paths"] = list(self.paths)
+        return data
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """A named snapshot. ``has_memory`` says whether reverting to it resumes a running guest."""
 
@@ -386,6 +406,8 @@ class Capabilities:
     serial_log: bool = True
     overlay: bool = True
     direct_disk: bool = True
+    disk_usage: bool = False
+    """:meth:`vmctl.Machine.disk_usage` knows the bytes the backend's files of a machine use."""
 
     def refused_features(self, spec: MachineSpec) -> list[str]:
         """The :data:`SPEC_FEATURES` that ``spec`` uses and these capabilities lack."""

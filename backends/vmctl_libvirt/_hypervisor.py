@@ -1,10 +1,12 @@
-"""LibvirtHypervisor: vmctl on any libvirt URI, its domains marked by vmctl's metadata."""
+"""LibvirtHypervisor: vmctl on any libvirt URI, its domains marked by vmctl's metadata; other
+domains are adopted (see _adopt.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import stat
 import threading
 import time
 import uuid as uuidlib
@@ -14,7 +16,7 @@ from typing import Any
 import libvirt
 
 from vmctl.backend.store import default_state_dir
-from vmctl.errors import InvalidSpec, MachineExists, MachineNotFound
+from vmctl.errors import BackendError, InvalidSpec, MachineExists, os_error_code
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec, Usage
 
@@ -23,13 +25,15 @@ from ._machine import STATS, LibvirtMachine, usage_from
 from ._storage import LocalOverlays, PoolOverlays, check_reachable
 from ._xml import NS, Backing, DomainPlan, domain_xml, metadata_json
 
-__all__ = ["QEMU_PID_DIR", "REMOTE_POOL_PATH", "SYSTEM_STATE_DIR", "LibvirtHypervisor"]
+__all__ = ["QEMU_PID_DIR", "QEMU_SAVE_DIR", "REMOTE_POOL_PATH", "SYSTEM_STATE_DIR", "LibvirtHypervisor"]
 
 log = logging.getLogger("vmctl.libvirt")
 
 REMOTE_POOL_PATH = "/var/lib/libvirt/images/vmctl"
 SYSTEM_STATE_DIR = Path("/var/lib/libvirt/images/vmctl")
 QEMU_PID_DIR = Path("/var/run/libvirt/qemu")
+#: where the local QEMU driver keeps managed-save images (qemu:///system; session: under ~/.config)
+QEMU_SAVE_DIR = Path("/var/lib/libvirt/qemu/save")
 
 
 class LibvirtHypervisor(Hypervisor):
@@ -65,6 +69,8 @@ class LibvirtHypervisor(Hypervisor):
         self.local_qemu = self.driver == "QEMU" and not self.remote
         self.privileged = self.local_qemu and uri.rstrip("/").endswith("/system")
         self.qemu_pid_dir = QEMU_PID_DIR
+        config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        self.qemu_save_dir = QEMU_SAVE_DIR if self.privileged else config_home / "libvirt" / "qemu" / "save"
         self.accel = accel
         self.machine_type = machine_type
         self.check_access = check_access and self.privileged
@@ -108,7 +114,7 @@ class LibvirtHypervisor(Hypervisor):
         return self.connection.call("virDomainLookupByName", lambda c: c.lookupByName(name), name)
 
     def _domain(self, name: str) -> libvirt.virDomain:
-        """The (cached) handle of vmctl's domain ``name``; MachineNotFound if there is none."""
+        """The (cached) handle of domain ``name``, vmctl's or not; MachineNotFound if there is none."""
         generation = self.connection.generation
         with self._lock:
             cached = self._handles.get(name)
@@ -117,8 +123,6 @@ class LibvirtHypervisor(Hypervisor):
             if self.connection.generation == generation:
                 return cached[1]
         dom = self._lookup(name)
-        if self._metadata_of(dom) is None:
-            raise MachineNotFound(name, "libvirt")
         with self._lock:
             self._handles[name] = (self.connection.generation, dom)
         return dom
@@ -146,11 +150,9 @@ class LibvirtHypervisor(Hypervisor):
             self._owned[key] = meta
         return meta
 
-    def _metadata(self, name: str) -> dict[str, Any]:
-        meta = self._metadata_of(self._domain(name))
-        if meta is None:
-            raise MachineNotFound(name, "libvirt")
-        return meta
+    def _metadata(self, name: str) -> dict[str, Any] | None:
+        """vmctl's metadata of domain ``name``; None for a domain vmctl did not create (adopted)."""
+        return self._metadata_of(self._domain(name))
 
     # -- capabilities -------------------------------------------------------------------------
     def _probe_capabilities(self) -> Capabilities:
@@ -158,12 +160,13 @@ class LibvirtHypervisor(Hypervisor):
             return Capabilities(
                 events=True,
                 usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
+                disk_usage=True,
             )
         if self.driver == "TEST":
             # The mock driver keeps states, snapshots and managed saves but has no guest: it
             # cannot change a NIC's link (virDomainUpdateDeviceFlags is not implemented) and
             # reports no statistics besides the state.
-            return Capabilities(network_toggle=False, events=True, usage_fields=frozenset())
+            return Capabilities(network_toggle=False, events=True, usage_fields=frozenset(), disk_usage=True)
         # Other hypervisor drivers (xen, ch, lxc...) are untested: offer the common verbs only.
         return Capabilities(
             suspend=True,
@@ -250,9 +253,42 @@ class LibvirtHypervisor(Hypervisor):
         domains = self.connection.call("virConnectListAllDomains", lambda c: c.listAllDomains(0))
         return [str(d.name()) for d in domains if self._metadata_of(d) is not None]
 
+    def _all_machine_names(self) -> list[str]:
+        domains = self.connection.call("virConnectListAllDomains", lambda c: c.listAllDomains(0))
+        return [str(d.name()) for d in domains]
+
     def _open_machine(self, name: str) -> Machine:
         self._domain(name)
         return LibvirtMachine(self, name)
+
+    def _delete_image(self, path: str) -> None:
+        """Delete a disk image of an adopted domain: as a storage volume where a pool holds it,
+        else, on a local connection, as a regular file (never a block device)."""
+
+        def delete_volume(conn: libvirt.virConnect) -> bool:
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() in (libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_SUPPORT):
+                    return False
+                raise
+            vol.delete(0)
+            return True
+
+        if self.connection.call("virStorageVolDelete", delete_volume):
+            return
+        if self.remote:
+            log.warning("disk %s is in no storage pool on %s: not deleted", path, self.uri)
+            return
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+            else:
+                log.warning("disk %s is not a regular file: not deleted", path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise BackendError(f"cannot delete disk {path}: {exc}", command=path, code=os_error_code(exc)) from exc
 
     def usage_all(self) -> dict[str, Usage]:
         """Usage of every vmctl machine with ONE libvirt call (virConnectGetAllDomainStats).

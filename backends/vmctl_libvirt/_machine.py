@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,10 +16,12 @@ from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, InvalidState, MachineNotFound
 from vmctl.interface import Machine
-from vmctl.types import MachineSpec, Snapshot, State, Usage
+from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
+from ._adopt import disk_files, has_nvram, spec_from_domain
 from ._races import create_snapshot, delete_snapshot, list_snapshots, raise_if_lost_race, revert_to
 from ._xml import (
+    NIC_ALIAS,
     NS_CRASH_ACK,
     NS_PREFIX,
     crash_ack_xml,
@@ -136,12 +139,20 @@ class LibvirtMachine(Machine):
         except Exception:
             return State.UNKNOWN
 
-    def _meta(self) -> dict[str, Any]:
+    def _meta(self) -> dict[str, Any] | None:
         return self.hypervisor._metadata(self.name)
 
     @property
+    def managed(self) -> bool:
+        return self._meta() is not None
+
+    @property
     def spec(self) -> MachineSpec:
-        return spec_from_record(self._meta()["spec"])
+        meta = self._meta()
+        if meta is None:
+            xml = self._call("virDomainGetXMLDesc", lambda d: d.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            return spec_from_domain(xml)
+        return spec_from_record(meta["spec"])
 
     def _crash_acknowledged(self, dom: libvirt.virDomain) -> bool:
         try:
@@ -314,9 +325,28 @@ class LibvirtMachine(Machine):
         stats = hv.connection.call("virDomainListGetStats", lambda c: c.domainListGetStats([dom], STATS, 0), self.name)
         return usage_from(self.name, stats[0][1] if stats else {})
 
+    def _do_disk_usage(self) -> DiskUsage:
+        """The overlay (a local file, or a pool volume whose allocation the daemon reports) and,
+        on a local QEMU driver, the managed-save image. Libvirt's own log of the domain is not
+        counted (the daemon keeps and rotates it)."""
+        hv = self.hypervisor
+        overlay = (self._meta() or {}).get("overlay")  # an adopted domain has none of vmctl's
+        total, paths = 0, []
+        if overlay is not None:
+            path = str(overlay["path"])
+            paths.append(path)
+            total += hv._pool.allocation(path) if overlay.get("kind") == "volume" else _allocated(path)
+        if hv.local_qemu and self._call("virDomainHasManagedSaveImage", lambda d: bool(d.hasManagedSaveImage(0))):
+            saved = hv.qemu_save_dir / f"{self.name}.save"
+            paths.append(str(saved))
+            total += _allocated(str(saved))
+        return DiskUsage(self.name, total, tuple(paths))
+
     def _do_set_network(self, enabled: bool) -> None:
+        alias = NIC_ALIAS if self.managed else None
+
         def set_link(dom: libvirt.virDomain) -> None:
-            nic = set_link_state(dom.XMLDesc(0), enabled)
+            nic = set_link_state(dom.XMLDesc(0), enabled, alias)
             if nic is None:
                 raise BackendError(f"{self.name}: the running domain has no vmctl network interface")
             dom.updateDeviceFlags(nic, libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -325,26 +355,66 @@ class LibvirtMachine(Machine):
 
     def _do_destroy(self, timeout: float) -> None:
         hv = self.hypervisor
-        meta = self._meta()
+        meta = self._meta() or {}
         overlay = meta.get("overlay")
 
         def undefine(dom: libvirt.virDomain) -> None:
-            if dom.isActive():
-                dom.destroy()
-            if overlay is None:
-                # Internal snapshots live in the image itself: delete them properly, leaves first.
-                snaps = dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)
-                for snap in reversed(snaps):
-                    snap.delete(0)
-            flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            try:
-                dom.undefineFlags(flags)
-            except libvirt.libvirtError as exc:
-                # The test driver reports "no domain" after undefining with these flags.
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise
+            # internal snapshots live in the image itself: delete them properly, leaves first
+            undefine_domain(dom, delete_snapshots=overlay is None)
 
         self._call("virDomainUndefineFlags", undefine)
         hv._forget(self.name)
         if overlay is not None:
             hv._overlays_for(str(overlay.get("kind", "file"))).delete(str(overlay["path"]))
+
+    def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
+        """Undefine a domain vmctl did not create. Its managed save image goes (libvirt's own
+        file); its disks, with any internal snapshots in them, and its NVRAM stay unless
+        ``delete_disks``."""
+        hv = self.hypervisor
+        disks: list[str] = []
+
+        def undefine(dom: libvirt.virDomain) -> None:
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            disks.extend(disk_files(xml))
+            # deleting the images deletes their internal snapshots: delete them properly first
+            undefine_domain(dom, delete_snapshots=delete_disks, nvram=delete_disks if has_nvram(xml) else None)
+
+        self._call("virDomainUndefineFlags", undefine)
+        hv._forget(self.name)
+        if delete_disks:
+            for path in disks:
+                log.info("%s: deleting disk %s (delete_disks=True)", self.name, path)
+                hv._delete_image(path)
+
+
+def undefine_domain(dom: libvirt.virDomain, delete_snapshots: bool, nvram: bool | None = None) -> None:
+    """Undefine ``dom`` (ended first if it runs) with its managed save image and snapshot
+    metadata; with ``delete_snapshots`` its snapshots are deleted first, leaves first. ``nvram``:
+    delete (True) or keep (False) its UEFI variables; None for a domain that has none (undefine
+    refuses one that has them without either flag)."""
+    if dom.isActive():
+        dom.destroy()
+    if delete_snapshots:
+        for snap in reversed(dom.listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)):
+            snap.delete(0)
+    flags = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    if nvram is not None:
+        flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM if nvram else libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+    try:
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as exc:
+        # the test driver reports "no domain" after undefining with these flags
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
+
+
+def _allocated(path: str) -> int:
+    """Bytes a local file occupies; 0 if it is gone or this user may not see it."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.debug("cannot measure %s: %s", path, exc)
+        return 0

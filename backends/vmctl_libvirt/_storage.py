@@ -136,6 +136,21 @@ class PoolOverlays:
         vol = self.connection.call("virStorageVolCreateXML", lambda _c: pool.createXML(xml, 0))
         return str(vol.path())
 
+    def allocation(self, path: str) -> int:
+        """Bytes the volume at ``path`` occupies on its host (virStorageVolGetInfo, which has the
+        pool's backend measure it again); 0 if it is gone."""
+
+        def allocation(conn: libvirt.virConnect) -> int:
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    return 0
+                raise
+            return int(vol.info()[2])
+
+        return int(self.connection.call("virStorageVolGetInfo", allocation))
+
     def delete(self, path: str) -> None:
         def delete(conn: libvirt.virConnect) -> None:
             try:

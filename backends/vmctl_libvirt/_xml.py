@@ -165,12 +165,13 @@ def parse_snapshot(xml: str) -> Snapshot:
     )
 
 
-def set_link_state(domain_xml_text: str, up: bool) -> str | None:
-    """The <interface> element of the vmctl NIC with its link state changed, or None if absent."""
+def set_link_state(domain_xml_text: str, up: bool, nic_alias: str | None = NIC_ALIAS) -> str | None:
+    """The <interface> element of the vmctl NIC (``nic_alias``; None: the first NIC, that of an
+    adopted domain) with its link state changed, or None if absent."""
     root = _parse(domain_xml_text)
     for nic in root.iterfind("devices/interface"):
         alias = nic.find("alias")
-        if alias is None or alias.get("name") != NIC_ALIAS:
+        if nic_alias is not None and (alias is None or alias.get("name") != nic_alias):
             continue
         link = nic.find("link")
         if link is None:

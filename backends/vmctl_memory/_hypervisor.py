@@ -24,7 +24,7 @@ class MemoryHypervisor(Hypervisor):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(cpu_limit=True, usage_fields=frozenset({"cpu_seconds", "memory_bytes"}))
+        return Capabilities(cpu_limit=True, usage_fields=frozenset({"cpu_seconds", "memory_bytes"}), disk_usage=True)
 
     def _do_create(self, spec: MachineSpec) -> Machine:
         with LOCK:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from vmctl.errors import MachineNotFound, OperationTimeout
 from vmctl.interface import Machine
-from vmctl.types import MachineSpec, Snapshot, State, Usage
+from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from ._guest import LOCK, PIDS, Guest, Record
 
@@ -168,6 +168,9 @@ class MemoryMachine(Machine):
     def _do_delete_snapshot(self, name: str, timeout: float) -> None:
         with LOCK:
             del self._rec().snapshots[name]
+
+    def _do_disk_usage(self) -> DiskUsage:
+        return DiskUsage(self.name, 0)  # the machine lives in this process's memory: no file
 
     def _do_usage(self) -> Usage:
         with LOCK:

@@ -21,6 +21,15 @@
 ``env``
     Extra environment variables for VBoxManage (e.g. ``VBOX_USER_HOME``).
 
+VBoxManage runs with ``LC_ALL``/``LANG``/``LANGUAGE`` set to ``C.UTF-8`` (VirtualBox 7.0 prints
+nothing under ``LANG=C``) and its output is read as strict UTF-8; a command that always prints
+something and printed nothing raises ``BackendError`` with code ``protocol``. Output is read
+line by line: snapshot names and descriptions as printed (VBoxManage does not escape them; a
+snapshot is known by its UUID), lines such as ``VideoMode="720,400,0"@0,0 1`` without swallowing
+the next. Errors are mapped by their ``VBOX_E_*``/``NS_ERROR_*`` code and the exact form of the
+message. ``connect`` refuses an install whose ``VBoxManage --version`` warns that the vboxdrv
+kernel module is not loaded (``BackendUnavailable``: VirtualBox is not properly set up).
+
 The base image is attached with ``--mtype multiattach``, so each machine writes to its own
 differencing image in its folder and the base is never copied or written. ``overlay=False``
 attaches the image itself (it is detached before the machine is deleted, so destroy never

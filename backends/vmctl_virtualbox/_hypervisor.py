@@ -48,6 +48,7 @@ class VirtualBoxHypervisor(Hypervisor):
             cpu_limit=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             kernel_boot=False,
+            disk_usage=True,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
@@ -110,9 +111,18 @@ class VirtualBoxHypervisor(Hypervisor):
                 continue
         return names
 
+    def _all_machine_names(self) -> list[str]:
+        names = []
+        for name in self.transport.list_vms():
+            try:
+                names.append(validate_name(name))
+            except InvalidSpec:
+                continue
+        return names
+
     def _open_machine(self, name: str) -> Machine:
-        if self.transport.get_extradata(name, SPEC_KEY) is None:
-            raise MachineNotFound(name, "virtualbox")
+        """vmctl's VM or any other VirtualBox knows by that name (adopted); MachineNotFound if none."""
+        self.transport.get_extradata(name, SPEC_KEY)  # raises MachineNotFound for no such VM
         return VirtualBoxMachine(self, name)
 
     def close(self) -> None:

@@ -30,10 +30,12 @@ import json
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from vmctl.backend.diskuse import allocated_bytes
 from vmctl.backend.locking import machine_lock
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import usage_of_process
@@ -41,13 +43,13 @@ from vmctl.errors import (
     BackendError,
     InvalidSpec,
     InvalidState,
-    MachineNotFound,
     OperationTimeout,
     SnapshotNotFound,
 )
 from vmctl.interface import Machine
-from vmctl.types import MachineSpec, Snapshot, State, Usage
+from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
+from ._adopt import spec_from_info
 from ._transport import SnapshotInfo, Transport, VMInfo
 
 if TYPE_CHECKING:
@@ -120,7 +122,7 @@ def dump(value: object) -> str:
 
 
 class VirtualBoxMachine(Machine):
-    """A VirtualBox VM created by vmctl (its spec is kept in the VM's extradata)."""
+    """A VirtualBox VM: vmctl's (its spec kept in the VM's extradata) or adopted (any other VM)."""
 
     hypervisor: VirtualBoxHypervisor
 
@@ -139,11 +141,15 @@ class VirtualBoxMachine(Machine):
 
     # -- reading ------------------------------------------------------------------------------
     @property
+    def managed(self) -> bool:
+        return self._spec is not None or self.transport.get_extradata(self.name, SPEC_KEY) is not None
+
+    @property
     def spec(self) -> MachineSpec:
         if self._spec is None:
             raw = self.transport.get_extradata(self.name, SPEC_KEY)
-            if raw is None:
-                raise MachineNotFound(self.name, "virtualbox")
+            if raw is None:  # adopted: described by VirtualBox, read afresh each time
+                return spec_from_info(self.info())
             try:
                 recorded = json.loads(raw)
             except ValueError as exc:
@@ -357,6 +363,11 @@ class VirtualBoxMachine(Machine):
             raise self._invalid("delete_snapshot", exc) from None
         self.transport.set_extradata(self.name, SNAPSHOT_KEY + target.uuid, None)
 
+    def _do_disk_usage(self) -> DiskUsage:
+        # settings, Logs/, Snapshots/ (differencing images, saved states): the machine folder
+        folder = Path(self.info().cfg_file).parent
+        return DiskUsage(self.name, allocated_bytes([folder]) or 0, (str(folder),))
+
     def _do_usage(self) -> Usage:
         info = self._settled_info()
         if self._map(info) not in (State.RUNNING, State.PAUSED):
@@ -382,6 +393,19 @@ class VirtualBoxMachine(Machine):
             self._control("set_cpu_limit", "cpuexecutioncap", str(percent))
         else:
             self.transport.set_cpu_cap_offline(self.name, percent)
+
+    def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
+        """Unregister a VM vmctl did not create: its folder, settings and disks stay unless
+        ``delete_disks`` (then ``unregistervm --delete``, as VirtualBox deletes a VM)."""
+        info = self._settled_info()
+        if info.state in ONLINE:
+            self._do_poweroff(timeout)
+        elif info.state in ("saved", "aborted-saved"):
+            self.transport.discard_state(self.name)
+        if delete_disks:
+            self.transport.unregister_delete(self.name, timeout)
+        else:
+            self.transport.unregister(self.name, timeout)
 
     def _do_destroy(self, timeout: float) -> None:
         info = self._settled_info()

@@ -217,6 +217,8 @@ class VBoxApiTransport(Transport):
                 nic.enabled = True
                 nic.attachmentType = self.c.NetworkAttachmentType_NAT
                 nic.cableConnected = True
+                if hasattr(nic.NATEngine, "localhostReachable"):  # VirtualBox 7; see _vboxmanage
+                    nic.NATEngine.localhostReachable = False
                 for pf in network.port_forwards:
                     proto = self.c.NATProtocol_TCP if pf.protocol == "tcp" else self.c.NATProtocol_UDP
                     nic.NATEngine.addRedirect(

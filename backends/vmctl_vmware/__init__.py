@@ -27,6 +27,17 @@ poweroff = ``stop hard``, and from SUSPENDED vmctl deletes the ``.vmss`` and the
 network toggle = ``disconnectNamedDevice``/``connectNamedDevice ethernet0``; usage = the
 vmware-vmx process found by its command line, through psutil.
 
+``.vmx`` files are read and written as VMware's own dictionary code does (open-vm-tools
+``lib/dict/dictll.c``): ``key = value`` with or without quotes, ``# comments`` after a value or on
+their own line, ``|22``-style byte escapes, keys in any case. vmctl changes a key where it stands
+(a trailing comment kept, never a second copy of it) and leaves every other line byte for byte. A
+file keeps the character set its ``.encoding`` line names (``windows-1252``, ``Shift_JIS``,
+VMware's ``windows-949-2000``, ...); a value that set cannot hold turns the file into UTF-8, and a
+set Python does not know raises ``VmxEncodingError`` (a ``BackendError``) with the file unchanged.
+Beyond the common verbs a machine offers ``tools_state()`` (``vmrun checkToolsState``:
+``running``, ``installed``, or ``unknown`` for a powered-off VM, which vmrun reports with exit
+status -2) and ``guest_address(wait=False)`` (``vmrun getGuestIPAddress [-wait]``).
+
 Not supported: direct kernel boot, port forwards (vmrun only edits the host-wide NAT network),
 encrypted VMs (vmrun takes their password only on its command line), CPU caps; on Player also
 snapshots, pause and overlays (its vmrun refuses snapshots, pause and clone: use

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vmctl.backend.locking import flocked
 from vmctl.backend.store import MachineStore, atomic_write, default_state_dir
-from vmctl.errors import BackendUnavailable, InvalidSpec, MachineExists, MachineNotFound, Unsupported
+from vmctl.errors import BackendUnavailable, InvalidSpec, MachineExists, MachineNotFound, Unsupported, VmctlError
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec
 
@@ -31,7 +31,7 @@ BASE_SNAPSHOT = "vmctl-base"
 BASES_DIR = ".bases"
 CLONE_TIMEOUT = 600.0
 USAGE_FIELDS = frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"})
-_CAPABILITIES = Capabilities(usage_fields=USAGE_FIELDS, kernel_boot=False, port_forwards=False)
+_CAPABILITIES = Capabilities(usage_fields=USAGE_FIELDS, kernel_boot=False, port_forwards=False, disk_usage=True)
 
 
 class VmwareHypervisor(Hypervisor):
@@ -81,8 +81,25 @@ class VmwareHypervisor(Hypervisor):
         self.vmrun.close()
 
     # -- machines -------------------------------------------------------------------------
+    def adopt(self, name: str, vmx: str | Path) -> Machine:
+        """Adopt the VM of ``vmx`` (a ``.vmx`` vmctl did not make, left where it is) as machine
+        ``name``; afterwards ``hv.machine(name)`` opens it from any process using this ``vm_dir``.
+        See :mod:`vmctl_vmware._adopt`. Raises :class:`MachineExists` if the name is taken."""
+        from ._adopt import adopt
+
+        return adopt(self, name, vmx)
+
     def _machine_names(self) -> list[str]:
+        return [name for name in self.store.names() if not self._is_adopted(name)]
+
+    def _all_machine_names(self) -> list[str]:
         return self.store.names()
+
+    def _is_adopted(self, name: str) -> bool:
+        try:
+            return "adopted" in self.store.read(name)
+        except VmctlError:
+            return False
 
     def _open_machine(self, name: str) -> Machine:
         if not self.store.exists(name):

@@ -14,6 +14,7 @@ vmrun has no verb that reports a VM's state, so the state is assembled from what
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import time
@@ -21,11 +22,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from vmctl.backend.diskuse import allocated_bytes
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import usage_of_process
-from vmctl.errors import BackendError, InvalidState, MachineNotFound, OperationTimeout, SnapshotNotFound, Unsupported
+from vmctl.errors import (
+    BackendError,
+    ErrorCode,
+    InvalidState,
+    MachineNotFound,
+    OperationTimeout,
+    SnapshotNotFound,
+    Unsupported,
+)
 from vmctl.interface import Machine
-from vmctl.types import MachineSpec, Snapshot, State, Usage
+from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from . import _errors as E
 from ._errors import VmrunError
@@ -65,11 +75,11 @@ def parse_count_list(text: str, header: str) -> list[str]:
     >>> parse_count_list("Total snapshots: 2\\nfirst\\nsecond\\n", "Total snapshots")
     ['first', 'second']
     """
-    lines = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    lines = [line.removesuffix("\r") for line in text.split("\n") if line.strip()]
     count_text = lines[0].split(":", 1)[1].strip() if lines and lines[0].startswith(header + ":") else ""
     if not count_text.isdigit():
         raise BackendError(f"vmrun printed no {header!r} line: {text[:200]!r}", stdout=text)
-    items = [line.strip() for line in lines[1:]]
+    items = lines[1:]  # names as printed: a snapshot name may begin or end with a space
     if len(items) != int(count_text):
         raise BackendError(f"vmrun: {header}: {count_text} announced, {len(items)} listed", stdout=text)
     return items
@@ -90,8 +100,15 @@ class VmwareMachine(Machine):
 
     @property
     def vmx(self) -> Path:
-        """The machine's ``.vmx`` file."""
+        """The machine's ``.vmx`` file (an adopted machine's where it was adopted)."""
+        adopted = self._record().get("adopted")
+        if adopted:
+            return Path(adopted["vmx"])
         return self.directory / f"{self.name}.vmx"
+
+    @property
+    def managed(self) -> bool:
+        return "adopted" not in self._record()
 
     def _record(self) -> dict[str, Any]:
         return self.hypervisor.store.read(self.name)
@@ -114,7 +131,12 @@ class VmwareMachine(Machine):
     @property
     def spec(self) -> MachineSpec:
         if self._spec is None:
-            self._spec = spec_from_record(self._record()["spec"])
+            record = self._record()
+            if "adopted" in record:  # read afresh from the .vmx: others may edit it
+                from ._adopt import spec_from_vmx
+
+                return spec_from_vmx(self.name, self._config(), self.vmx.parent)
+            self._spec = spec_from_record(record["spec"])
         return self._spec
 
     # -- state ----------------------------------------------------------------------------
@@ -323,15 +345,56 @@ class VmwareMachine(Machine):
         current = record.get("current")
         self._update(snapshots=snapshots, current=gone.get("parent") if current == name else current)
 
+    # -- VMware Tools ---------------------------------------------------------------------
+    def tools_state(self) -> str:
+        """What ``vmrun checkToolsState`` says: ``running``, ``installed``, or ``unknown`` (powered off)."""
+        try:
+            return self.hypervisor.vmrun.tools_state(self.vmx, timeout=QUERY_TIMEOUT)
+        except VmrunError as exc:
+            self._raise_mapped(exc, "tools_state")
+
+    def guest_address(self, wait: bool = False, timeout: float = QUERY_TIMEOUT) -> str:
+        """The guest's IP address as VMware Tools report it (``vmrun getGuestIPAddress``).
+
+        ``wait``: let vmrun wait for Tools to report one (``-wait``), up to ``timeout``. Raises
+        :class:`InvalidState` if the VM is not powered on, and a ``BackendError`` with code
+        ``guest`` if VMware Tools are not running.
+        """
+        out = self._vmrun("getGuestIPAddress", "guest_address", *(["-wait"] if wait else []), timeout=timeout)
+        text = out.strip()
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise BackendError(
+                f"vmrun getGuestIPAddress printed {text[:200]!r}, not an IP address",
+                command=self.hypervisor.vmrun.argv("getGuestIPAddress", self.vmx),
+                stdout=out,
+                code=ErrorCode.PROTOCOL,
+            ) from None
+
     # -- the rest -------------------------------------------------------------------------
     def _do_set_network(self, enabled: bool) -> None:
         verb = "connectNamedDevice" if enabled else "disconnectNamedDevice"
         self._vmrun(verb, "set_network", NIC, timeout=QUERY_TIMEOUT)
 
+    def _do_disk_usage(self) -> DiskUsage:
+        # the .vmx, linked-clone delta, saved state, snapshots and logs share the .vmx's directory
+        return DiskUsage(self.name, allocated_bytes([self.vmx.parent]) or 0, (str(self.vmx.parent),))
+
     def _do_usage(self) -> Usage:
         if self._get_state() not in (State.RUNNING, State.PAUSED):
             return Usage(machine=self.name)
         return usage_of_process(self.name, self._vmx_pid())
+
+    def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
+        """Forget a VM vmctl adopted: its .vmx and disks stay unless ``delete_disks`` (then
+        ``vmrun deleteVM``, which deletes the VM's files and the disks it names)."""
+        if self._listed():
+            raise InvalidState(self.name, "destroy", self._state_or_unknown())
+        if delete_disks:
+            self._vmrun("deleteVM", "destroy", timeout=timeout)
+        self.hypervisor.store.remove(self.name)
+        self._pid_cache = None
 
     def _do_destroy(self, timeout: float) -> None:
         # Only the machine's own directory goes: its linked-clone delta disk, saved state and

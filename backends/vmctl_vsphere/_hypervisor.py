@@ -38,7 +38,9 @@ def _moref_order(ref: Any) -> tuple[int, str]:
 
 
 class VSphereHypervisor(Hypervisor):
-    """vSphere through pyvmomi. Machines are the VMs in ``folder`` (recursively) of ``datacenter``."""
+    """vSphere through pyvmomi. Machines are the VMs in ``folder`` (recursively) of ``datacenter``;
+    ``machine(name)`` also opens, and ``machines(all=True)`` also lists, the datacenter's other VMs
+    (adopted). A VM vmctl did not create (no ``vmctl.spec`` in its extraConfig) is not managed."""
 
     name = "vsphere"
     _feature_notes = {
@@ -160,9 +162,17 @@ class VSphereHypervisor(Hypervisor):
             return []
         return [(ref, p) for ref, p in found if not p.get("config.template")]
 
+    def _all_vms(self) -> list[tuple[Any, dict[str, Any]]]:
+        """Every VM of the datacenter (adoptable ones outside the folder too), templates left out."""
+        found = self.session.collect(self._vm_root, vim.VirtualMachine, ["name", "config.template"])
+        return [(ref, p) for ref, p in found if not p.get("config.template")]
+
     def find_ref(self, name: str) -> Any:
-        """The VM called ``name`` in the folder; the oldest one if a server allowed duplicates."""
+        """The VM called ``name`` in the folder, else anywhere in the datacenter (adopted); the
+        oldest one if a server allowed duplicates."""
         matches = sorted((ref for ref, p in self._vms() if p.get("name") == name), key=_moref_order)
+        if not matches and self.folder_path:
+            matches = sorted((ref for ref, p in self._all_vms() if p.get("name") == name), key=_moref_order)
         if not matches:
             raise MachineNotFound(name, BACKEND)
         if len(matches) > 1:
@@ -171,6 +181,9 @@ class VSphereHypervisor(Hypervisor):
 
     def _machine_names(self) -> list[str]:
         return sorted({str(p["name"]) for _, p in self._vms() if _NAME.fullmatch(str(p.get("name", "")))})
+
+    def _all_machine_names(self) -> list[str]:
+        return sorted({str(p["name"]) for _, p in self._all_vms() if _NAME.fullmatch(str(p.get("name", "")))})
 
     def _open_machine(self, name: str) -> VSphereMachine:
         return VSphereMachine(self, name, self.find_ref(name))
@@ -417,7 +430,8 @@ class VSphereHypervisor(Hypervisor):
     def _do_create(self, spec: MachineSpec) -> VSphereMachine:
         assert spec.disk is not None  # a spec without kernel has a disk
         image = inspect_disk(spec.disk)
-        if any(p.get("name") == spec.name for _, p in self._vms()):
+        # anywhere in the datacenter: machine(name) would open an adopted VM of that name too
+        if any(p.get("name") == spec.name for _, p in self._all_vms()):
             raise MachineExists(spec.name, BACKEND)
         folder = self._folder if self._folder is not None else self._find_folder(create=True)
         self._folder = folder

@@ -432,6 +432,20 @@ class VSphereMachine(Machine):
         return all(bool(n.connectable and n.connectable.connected) for n in nics)
 
     # -- destroy -----------------------------------------------------------------------------
+    @property
+    def managed(self) -> bool:
+        return SPEC_KEY in self._extra_config()
+
+    def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
+        """A VM vmctl did not create is unregistered: its files (disks, snapshots) stay on the
+        datastore. ``delete_disks``: destroyed as vSphere does it, with every file of the VM."""
+        if self._get_state() is State.SUSPENDED:
+            self._do_poweroff(timeout)
+        if delete_disks:
+            self._task("destroy", lambda vm: vm.Destroy_Task(), timeout)
+        else:
+            self._call("destroy", lambda vm: vm.UnregisterVM())
+
     def _do_destroy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
 

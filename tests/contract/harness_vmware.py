@@ -24,6 +24,27 @@ import vmctl
 from vmctl.testing import GuestProbe, Harness, SimulatedGuestProbe, wait_until
 
 SIMULATOR = Path(__file__).resolve().parents[1] / "simulators" / "vmrun_sim.py"
+REALWORLD = Path(__file__).resolve().parents[1] / "realworld" / "vmware"
+
+
+def realworld_sample(name: str) -> tuple[dict[str, str], bytes]:
+    """A captured sample: its ``#: key: value`` header lines, and the bytes after the blank line
+    that ends them (what the real tool printed or wrote, unchanged)."""
+    data = (REALWORLD / name).read_bytes()
+    header: dict[str, str] = {}
+    pos = 0
+    while data.startswith(b"#:", pos):
+        end = data.index(b"\n", pos)
+        key, _, value = data[pos + 2 : end].decode("ascii").strip().partition(": ")
+        header[key] = value
+        pos = end + 1
+    assert header and data[pos : pos + 1] == b"\n", f"{name}: no '#:' header ended by one blank line"
+    return header, data[pos + 1 :]
+
+
+def realworld_samples(*kinds: str) -> list[str]:
+    """Names of the captured samples of these kinds (all if none given), sorted."""
+    return sorted(p.name for p in REALWORLD.iterdir() if not kinds or realworld_sample(p.name)[0]["kind"] in kinds)
 
 
 def load_simulator() -> ModuleType:

@@ -9,6 +9,7 @@ One module per concern:
   :class:`~vmctl.errors.BackendError` on failure), also in the background.
 - :mod:`~vmctl.backend.usage`: a host process tree measured into a :class:`~vmctl.types.Usage`.
 - :mod:`~vmctl.backend.ports`: a free loopback port.
+- :mod:`~vmctl.backend.diskuse`: the bytes a tree of files occupies (``Machine.disk_usage``).
 - :mod:`~vmctl.backend.aio`: vmctl's private event loop for asyncio-only clients.
 - :mod:`~vmctl.backend.records`: a machine's recorded spec and paths read back, re-validated.
 
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vmctl.backend.aio import LoopThreadError, run_sync
+    from vmctl.backend.diskuse import allocated_bytes
     from vmctl.backend.locking import file_lock, flock_exclusive, flocked, lock_held, machine_lock
     from vmctl.backend.ports import free_port
     from vmctl.backend.records import inside, spec_from_record
@@ -36,6 +38,7 @@ _WHERE = {
     "Background": "tools",
     "LoopThreadError": "aio",
     "MachineStore": "store",
+    "allocated_bytes": "diskuse",
     "atomic_write": "store",
     "c_locale_env": "tools",
     "default_state_dir": "store",
@@ -66,6 +69,7 @@ __all__ = [
     "Background",
     "LoopThreadError",
     "MachineStore",
+    "allocated_bytes",
     "atomic_write",
     "c_locale_env",
     "default_state_dir",

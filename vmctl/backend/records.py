@@ -35,11 +35,12 @@ from vmctl.types import MachineSpec, Network
 __all__ = ["inside", "spec_from_record"]
 
 
-def spec_from_record(data: Mapping[str, Any]) -> MachineSpec:
+def spec_from_record(data: Mapping[str, Any], *, adopted: bool = False) -> MachineSpec:
     """The spec recorded by :meth:`MachineSpec.to_dict`, validated except for files existing.
 
     Raises :class:`InvalidSpec` for anything :class:`MachineSpec` would refuse at creation other
-    than a missing file, and for keys it does not know.
+    than a missing file, and for keys it does not know. With ``adopted`` (a spec read from the
+    configuration of a machine vmctl did not create) it may name neither a disk nor a kernel.
     """
     if not isinstance(data, Mapping):
         raise InvalidSpec("spec", f"the recorded spec {data!r} is not a mapping")
@@ -65,7 +66,7 @@ def spec_from_record(data: Mapping[str, Any]) -> MachineSpec:
     spec = object.__new__(MachineSpec)
     for name, value in values.items():
         object.__setattr__(spec, name, value)
-    spec._validate(check_files=False)
+    spec._validate(check_files=False, need_boot=not adopted)
     return spec
 
 

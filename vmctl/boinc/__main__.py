@@ -11,6 +11,7 @@ are usable here. ``vmctl-boinc bundle --out DIR`` freezes it into one executable
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import signal
@@ -24,7 +25,7 @@ from vmctl.boinc import reaper
 from vmctl.boinc.adapter import EXIT_INIT_FAILURE, Adapter
 from vmctl.boinc.hostconfig import HostConfigError, load_host_config
 from vmctl.boinc.initdata import InitDataError, read_init_data
-from vmctl.boinc.job import JobError, find_job_file, load_job
+from vmctl.boinc.job import VBOX_OPTIONS, JobError, find_job_file, load_job, vbox_image_name
 from vmctl.boinc.shm import SharedMemoryError, open_shared_memory
 from vmctl.boinc.slot import Slot
 
@@ -79,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job", type=Path, help="the job file (default: vmctl_job.toml or vbox_job.xml in the slot)")
     p.add_argument("--nthreads", type=float, help="virtual CPUs (overrides the job file, as for vboxwrapper)")
     p.add_argument("--memory_size_mb", type=int, help="VM memory in MiB (overrides the job file)")
+    p.add_argument("--vmimage", type=int, help="vbox_job.xml: the image is vm_image_N.vdi (as for vboxwrapper)")
+    # vboxwrapper's options vmctl-boinc cannot honour yet: refused, never ignored
+    p.add_argument("--trickle", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--register_only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--sporadic", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"%(prog)s {vmctl.__version__}")
     p.add_argument("--backends", action="store_true", help="list the backends and whether they are usable, then exit")
@@ -201,11 +207,25 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         log.error("%s", exc)
         return EXIT_INIT_FAILURE
     slot = Slot(path, project_dir=init.project_dir or None)
+    refused = [
+        f"{option}: {VBOX_OPTIONS[option].removeprefix('refused: ')}"
+        for option, given in (
+            ("--trickle", args.trickle is not None),
+            ("--register_only", args.register_only),
+            ("--sporadic", args.sporadic),
+        )
+        if given
+    ]
+    if refused:
+        log.error("vboxwrapper's command-line option(s) cannot be honoured: %s", "; ".join(refused))
+        return EXIT_INIT_FAILURE
     try:
         job = load_job(args.job or find_job_file(slot.path, slot.project_dir))
         job = job.with_overrides(
             cpus=math.ceil(args.nthreads) if args.nthreads else None, memory_mib=args.memory_size_mb
         )
+        if args.vmimage is not None and job.source.endswith(".xml") and not job.image_in_project:
+            job = dataclasses.replace(job, image=vbox_image_name(args.vmimage))
     except JobError as exc:
         log.error("job file error: %s", exc)
         return EXIT_INIT_FAILURE

@@ -50,7 +50,15 @@ from vmctl.boinc._endings import Endings
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
 from vmctl.boinc._guestfiles import GuestFiles
-from vmctl.boinc._hostcheck import HostNotReady, check_memory, check_tools
+from vmctl.boinc._hostcheck import (
+    ERR_EXEC,
+    AccelerationMissing,
+    HostNotReady,
+    acceleration_report,
+    check_memory,
+    check_tools,
+    choose_acceleration,
+)
 from vmctl.boinc._outcome import (
     EXIT_ABORTED_BY_CLIENT,
     EXIT_CHILD_FAILED,
@@ -164,7 +172,9 @@ class Adapter:
         self._status = StatusReports(shm, self._task, self._cpu, self._files, self._policy)
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
-        self._disk = DiskBound(vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now)
+        self._disk = DiskBound(
+            vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now, machine=lambda: self._policy.vm
+        )
 
         # what the client said
         self.suspended = False
@@ -274,6 +284,12 @@ class Adapter:
         except Done as done:
             self._policy.close()
             return done.code
+        except AccelerationMissing as missing:
+            # As vboxwrapper: the message in stderr.txt makes the client flag the host; the task fails.
+            log.error("%s", acceleration_report(str(missing)))
+            self._task.slot.write_finish(ERR_EXEC)
+            self._policy.close()
+            return ERR_EXEC
         except HostNotReady as missing:
             # The volunteer must act: the notice flag makes the BOINC Manager show the message.
             log.warning("this host cannot run the task's VM yet: %s", missing)
@@ -305,9 +321,21 @@ class Adapter:
             job.backend,
             job.source,
         )
-        for note in job.notes:
-            log.warning("job file: %s", note)
+        if job.refused:
+            raise Fatal(
+                f"the job file {job.source} asks for what vmctl-boinc cannot give the guest on the {job.backend} "
+                f"backend: {'; '.join(job.refused)}. The task fails now rather than run a VM that waits for it"
+            )
         task.adopt_previous_record()
+        if not task.state.extra.get("notes_said"):
+            for note in job.notes:
+                log.warning("job file: %s", note)
+            task.state.extra["notes_said"] = True
+        accel = choose_acceleration(
+            job.backend, self.backend_options, job.needs_acceleration, init.vm_extensions_disabled
+        )
+        if accel is not None:
+            self.backend_options["accel"] = accel
         if self.reap_at_start and self.registry is not None:
             try:
                 reaper.reap(self.registry, self.connect, keep=frozenset({task.vm_name}))
@@ -315,6 +343,12 @@ class Adapter:
                 log.warning("reaper: %s", exc)
         check_tools(job.backend, self.backend_options)
         hv = self._policy.hv = connect_backend(self.connect, job.backend, self.backend_options)
+        share_keys = job.keys_needing_shares()
+        if share_keys and not hv.capabilities.shared_dirs:
+            raise Fatal(
+                f"the {job.backend} backend has no shared folders, which the job file's "
+                f"{', '.join(share_keys)} need: it cannot run this job"
+            )
         self._registration.register()
         self._files.prepare_shared()
         console = task.slot.path / CONSOLE_LOG
@@ -458,6 +492,9 @@ class Adapter:
             silence = self._files.heartbeat_silence(self._cpu.run_total())
             if silence is not None:
                 self._endings.guest_hung(silence)
+        duration = self._task.job.job_duration
+        if duration > 0 and not self.suspended and self._cpu.elapsed() >= duration:
+            self._endings.duration_reached(duration)
         fraction = self._files.update_progress(self._cpu.elapsed())
         if not self.suspended:
             self._status.send()

@@ -42,7 +42,7 @@ log = logging.getLogger("vmctl.boinc")
 BUNDLED_BACKENDS = ("vmctl_qemu", "vmctl_libvirt", "vmctl_virtualbox", "vmctl_memory")
 """The backends whose Python side the bundle carries (vSphere and VMware Workstation are not a
 volunteer's hypervisors)."""
-_THIRD_PARTY = ("qemu.qmp", "libvirt", "psutil", "sysv_ipc")
+_THIRD_PARTY = ("qemu.qmp", "inotify_simple", "libvirt", "psutil", "sysv_ipc")
 _EXCLUDED = (
     "tkinter",
     "matplotlib",

@@ -110,8 +110,8 @@ class FakeClient:
         add("client_pid", int(f["client_pid"]))
         add("wu_cpu_time", float(f["wu_cpu_time"]))
         add("starting_elapsed_time", float(f["starting_elapsed_time"]))
-        for tag in ("using_sandbox", "vm_extensions_disabled"):
-            add(tag, 0)
+        add("using_sandbox", 0)
+        add("vm_extensions_disabled", int(bool(f.get("vm_extensions_disabled", False))))
         add("checkpoint_period", float(f["checkpoint_period"]))
         add("fraction_done_start", 0.0)
         add("fraction_done_end", 1.0)

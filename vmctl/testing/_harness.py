@@ -126,6 +126,9 @@ class Harness(ABC):
     #: see both calls in flight together; on a busy host the test runs up to five times as many
     #: rounds until they do
     race_rounds: int = 40
+    #: the machines under test are made outside vmctl (by :meth:`create`) and adopted: the
+    #: contract then expects ``Machine.managed`` False and every verb to work all the same
+    adopted: bool = False
 
     def tool_environment(self) -> dict[str, str]:
         """Environment variables under which ``vmctl.backends()`` finds the peer's tools with no
@@ -145,6 +148,12 @@ class Harness(ABC):
     @abstractmethod
     def probe(self, vm: vmctl.Machine) -> GuestProbe:
         """A view into ``vm``'s guest."""
+
+    def create(self, spec: vmctl.MachineSpec) -> vmctl.Machine:
+        """Make the machine ``spec`` describes and return it STOPPED. The default is
+        ``hv.create(spec)``; an :attr:`adopted` harness defines it with the hypervisor's own
+        tools (virsh, a QEMU command line) and opens it with ``hv.machine(name)``."""
+        return self.connect().create(spec)
 
     def connect_code(self) -> str:
         """Python source, run in a fresh interpreter, that binds ``hv`` to a new connection

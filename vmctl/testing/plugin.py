@@ -238,7 +238,7 @@ def make_vm(harness: Harness, hv: vmctl.Hypervisor) -> Iterator[Callable[..., vm
 
     def make(network: bool = False, ignore_power_button: bool = False) -> vmctl.Machine:
         name = f"ct{os.getpid() % 10000}-{next(_counter)}"
-        vm = hv.create(harness.spec(name, network=network, ignore_power_button=ignore_power_button))
+        vm = harness.create(harness.spec(name, network=network, ignore_power_button=ignore_power_button))
         made.append(name)
         return vm
 

@@ -29,7 +29,10 @@ def test_create_defines_a_stopped_machine(harness: Harness, hv: vmctl.Hypervisor
     assert vm.state is State.STOPPED
     assert vm.pid is None
     assert hv.machine(vm.name).state is State.STOPPED
-    assert vm.name in [m.name for m in hv.machines()]
+    assert vm.managed is not harness.adopted
+    assert vm.name in [m.name for m in hv.machines(all=True)]
+    assert (vm.name in [m.name for m in hv.machines()]) is vm.managed, "machines() lists vmctl's own only"
+    assert hv.machine(vm.name).managed is vm.managed
     assert vm.spec.name == vm.name
     with pytest.raises(vmctl.MachineExists):
         hv.create(harness.spec(vm.name))
@@ -72,6 +75,7 @@ def test_unsupported_verbs_raise_unsupported(hv: vmctl.Hypervisor, make_vm: Make
         "suspend": (caps.suspend, vm.suspend),
         "snapshots": (caps.snapshots, vm.snapshots),
         "cpu_limit": (caps.cpu_limit, lambda: vm.set_cpu_limit(50)),
+        "disk_usage": (caps.disk_usage, vm.disk_usage),
     }
     for flag, call in calls.values():
         if not flag:
@@ -79,6 +83,18 @@ def test_unsupported_verbs_raise_unsupported(hv: vmctl.Hypervisor, make_vm: Make
                 call()
     if caps.snapshots:
         assert vm.snapshots() == []
+
+
+def test_disk_usage_names_the_machine_and_what_it_measured(hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
+    if not hv.capabilities.disk_usage:
+        pytest.skip("the backend cannot report its files' disk use")
+    vm = make_vm()
+    used = vm.disk_usage()
+    assert isinstance(used, vmctl.DiskUsage) and used.machine == vm.name
+    assert isinstance(used.bytes, int) and used.bytes >= 0
+    assert all(isinstance(p, str) and p for p in used.paths)
+    if vm.spec.disk is not None:
+        assert str(vm.spec.disk) not in used.paths, "the spec's disk image is the caller's, never counted"
 
 
 def test_wait_for_has_a_deadline(make_vm: MakeVm) -> None:
@@ -100,7 +116,7 @@ def test_destroy_leaves_nothing_behind(harness: Harness, hv: vmctl.Hypervisor, m
     vm.destroy()
     with pytest.raises(vmctl.MachineNotFound):
         hv.machine(vm.name)
-    assert vm.name not in [m.name for m in hv.machines()]
+    assert vm.name not in [m.name for m in hv.machines(all=True)]
     assert harness.leftovers(vm.name) == []
     if base is not None:
         assert base.exists() and sha256(base) == base_hash, "the base image must not change"

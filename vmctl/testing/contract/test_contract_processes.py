@@ -13,6 +13,9 @@ from vmctl.testing._harness import Harness
 from vmctl.testing.contract._race import ProcessCaller, ThreadCaller, race
 from vmctl.testing.contract._steps import MakeVm, boot, needs
 
+#: how long the race goes on past its rounds while too few of them overlapped
+RACE_EXTRA_SECONDS = 90.0
+
 
 @needs("multi_process")
 def test_another_process_controls_the_machine(harness: Harness, hv: vmctl.Hypervisor, make_vm: MakeVm) -> None:
@@ -88,10 +91,12 @@ def test_two_callers_racing_on_one_machine_get_one_success(
     sys.setswitchinterval(1e-6)  # threads interleave inside verbs of microseconds, as processes would
     needed = harness.race_rounds // 5
     overlapped = rounds = 0
+    more_until = time.monotonic() + RACE_EXTRA_SECONDS
     try:
         # at least race_rounds rounds; on a busy host, where a caller may be descheduled for a
-        # whole round, more (up to five times as many) until enough of them really overlapped
-        while rounds < harness.race_rounds or (overlapped < needed and rounds < 5 * harness.race_rounds):
+        # whole round (or, for threads, run its whole verb inside one GIL slice), more until
+        # enough of them really overlapped or the time allowed for more is up
+        while rounds < harness.race_rounds or (overlapped < needed and time.monotonic() < more_until):
             verb, target = cycle[rounds % len(cycle)]
             answers = race(callers, verb)
             texts = sorted(a[0] for a in answers)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from vmctl.errors import MachineExists, MachineNotFound, OperationTimeout
 from vmctl.interface import Hypervisor, Machine
-from vmctl.types import Capabilities, MachineSpec, State
+from vmctl.types import Capabilities, DiskUsage, MachineSpec, State
 
 __all__ = ["ExampleHypervisor", "ExampleMachine"]
 
@@ -153,6 +153,11 @@ class ExampleMachine(Machine):
             guest.boot(time.monotonic())
             return True
 
+    def _do_disk_usage(self) -> DiskUsage:
+        with self.hypervisor._lock:
+            self._box()
+        return DiskUsage(self.name, 0)  # a toy machine keeps no file on the host
+
     def _do_destroy(self, timeout: float) -> None:
         with self.hypervisor._lock:
             self._box()
@@ -194,6 +199,7 @@ class ExampleHypervisor(Hypervisor):
             live_snapshots=False,
             network_toggle=False,
             usage_fields=frozenset(),
+            disk_usage=True,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
