@@ -161,12 +161,23 @@ class LibvirtHypervisor(Hypervisor):
                 events=True,
                 usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
                 disk_usage=True,
+                cdrom=True,
+                extra_disks=True,
+                floppy=True,
             )
         if self.driver == "TEST":
             # The mock driver keeps states, snapshots and managed saves but has no guest: it
             # cannot change a NIC's link (virDomainUpdateDeviceFlags is not implemented) and
             # reports no statistics besides the state.
-            return Capabilities(network_toggle=False, events=True, usage_fields=frozenset(), disk_usage=True)
+            return Capabilities(
+                network_toggle=False,
+                events=True,
+                usage_fields=frozenset(),
+                disk_usage=True,
+                cdrom=True,
+                extra_disks=True,
+                floppy=True,
+            )
         # Other hypervisor drivers (xen, ch, lxc...) are untested: offer the common verbs only.
         return Capabilities(
             suspend=True,
@@ -192,6 +203,12 @@ class LibvirtHypervisor(Hypervisor):
                 check_reachable(path, label, need_read=False)
         for tag, directory in spec.shared_dirs.items():
             check_reachable(directory / ".", f"shared_dirs[{tag}]", need_read=False)
+        if spec.cdrom is not None:  # not relabelled: read as it is
+            check_reachable(spec.cdrom, "cdrom", need_read=True)
+        # writable: libvirt relabels them for QEMU (and back when it ends), as the overlay
+        for label, path in (("floppy", spec.floppy), *(("extra_disks", d) for d in spec.extra_disks)):
+            if path is not None:
+                check_reachable(path, label, need_read=False)
 
     def _do_create(self, spec: MachineSpec) -> Machine:
         self._check_spec(spec)
@@ -231,6 +248,7 @@ class LibvirtHypervisor(Hypervisor):
             backing=backing,
             metadata=metadata,
             machine_type=self.machine_type if self.driver == "QEMU" else None,
+            extra_disk_formats=tuple(store.backing(path).format for path in spec.extra_disks),
         )
         xml = domain_xml(spec, plan)
         try:

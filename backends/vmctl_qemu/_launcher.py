@@ -171,6 +171,7 @@ def _start_keeper(
         loadvm=loadvm,
         cpu_model=hv.cpu_model,
         net_fd=net_fd,
+        extra_disk_formats=rec.get("extra_disk_formats", ()),
     )
     run_id = uuid.uuid4().hex
     previous = {"status": rec.get("status"), "run_id": rec.get("run_id")}

@@ -23,6 +23,7 @@ from ._common import (
     _MANIFEST,
     DISK_SIZE,
     GUEST_CMDLINE,
+    GUEST_MEDIA_MODULES,
     GUEST_MODULES,
     GuestBuildError,
     Progress,
@@ -95,6 +96,7 @@ def ensure_test_guest(cache_dir: Path | None = None, *, progress: Progress | Non
 def _guest_data_hash() -> str:
     h = hashlib.sha256()
     h.update(f"format={_BUILD_FORMAT}\nmodules={','.join(GUEST_MODULES)}\n".encode())
+    h.update(f"media_modules={','.join(GUEST_MEDIA_MODULES)}\n".encode())
     h.update(f"disk={DISK_SIZE}\n".encode())
     for name, dest, mode in _GUEST_FILES:
         path = _GUEST_DATA / name

@@ -31,6 +31,11 @@ GUEST_MODULES: tuple[str, ...] = (
     "button",
 )
 
+#: Kernel modules shipped in the guest but loaded only on demand (``media load``, see
+#: vmctl/_guest/media.sh): the AHCI controller and SCSI CD-ROM drivers of a CD-ROM on q35's SATA
+#: and the floppy driver, whose probe for a controller would slow every boot without one.
+GUEST_MEDIA_MODULES: tuple[str, ...] = ("ahci", "sr_mod", "floppy")
+
 KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 DISK_SIZE = "64M"
@@ -45,6 +50,7 @@ _GUEST_FILES: tuple[tuple[str, str, int], ...] = (
     ("powerbutton.sh", "etc/acpi/PWRF/00000080", 0o755),
     ("udhcpc.sh", "etc/vmctl/udhcpc.sh", 0o755),
     ("share.sh", "bin/share", 0o755),
+    ("media.sh", "bin/media", 0o755),
 )
 _INITRAMFS_DIRS = (
     "bin",

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ._apt import _download
@@ -19,6 +19,7 @@ from ._common import (
     BUSYBOX_PACKAGE,
     DISK_SIZE,
     GUEST_CMDLINE,
+    GUEST_MEDIA_MODULES,
     GUEST_MODULES,
     GuestBuildError,
     Progress,
@@ -54,10 +55,12 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
 
     report(f"collecting kernel modules for {release}")
     modules = _resolve_modules(moddir, GUEST_MODULES)
+    loaded = {name for name, _ in modules}
+    media = [(name, data) for name, data in _resolve_modules(moddir, GUEST_MEDIA_MODULES) if name not in loaded]
 
     report("building the initramfs")
     staging = work / "initramfs"
-    _stage_initramfs(staging, busybox, modules)
+    _stage_initramfs(staging, busybox, modules, media)
     _make_cpio_gz(staging, out / "initrd.img")
 
     report("building the disk image")
@@ -71,6 +74,7 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
         "busybox_version": v.busybox_version,
         "data_hash": data_hash,
         "modules": [name for name, _ in modules],
+        "media_modules": [name for name, _ in media],
         "cmdline": GUEST_CMDLINE,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -87,7 +91,9 @@ def _one(paths: Iterable[Path], what: str) -> Path:
     return found[0]
 
 
-def _stage_initramfs(staging: Path, busybox: Path, modules: list[tuple[str, bytes]]) -> None:
+def _stage_initramfs(
+    staging: Path, busybox: Path, modules: list[tuple[str, bytes]], media: Sequence[tuple[str, bytes]] = ()
+) -> None:
     for d in _INITRAMFS_DIRS:
         (staging / d).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(busybox, staging / "bin" / "busybox")
@@ -101,6 +107,9 @@ def _stage_initramfs(staging: Path, busybox: Path, modules: list[tuple[str, byte
     for name, data in modules:
         (staging / "lib" / "modules" / name).write_bytes(data)
     (staging / "etc" / "vmctl" / "modules").write_text("".join(f"{n}\n" for n, _ in modules))
+    for name, data in media:
+        (staging / "lib" / "modules" / name).write_bytes(data)
+    (staging / "etc" / "vmctl" / "media-modules").write_text("".join(f"{n}\n" for n, _ in media))
     (staging / "etc" / "hostname").write_text("vmctl-guest\n")
 
 
