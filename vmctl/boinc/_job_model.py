@@ -115,6 +115,16 @@ class Job:
     needs_acceleration: bool = False
     share_keys: tuple[str, ...] = ()
     """The job file's keys that need the backend's shared folders (named when it has none)."""
+    cdrom: str | None = None
+    """An ISO in the slot the guest gets as a CD-ROM (vboxwrapper's ``enable_isocontextualization``:
+    ``vm_isocontext.iso``)."""
+    boot_cdrom: bool = False
+    """The VM boots its CD-ROM first (vboxwrapper's ``boot_iso``)."""
+    cache_disk: str | None = None
+    """A disk in the slot the guest gets as a second disk, written in place (``enable_cache_disk``)."""
+    floppy: bool = False
+    """A floppy with init_data.xml (``enable_floppyio``), or with CERN's data format."""
+    cern_dataformat: bool = False
     """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
 
     @property
@@ -147,8 +157,10 @@ class Job:
 
     def check(self) -> Job:
         """Cross-key checks; returns self."""
-        if self.image is None and self.kernel is None:
+        if self.image is None and self.kernel is None and self.cdrom is None:
             raise JobError(f"{self.source}: the job needs a disk 'image' or a 'kernel' to boot")
+        if self.boot_cdrom and self.cdrom is None:
+            raise JobError(f"{self.source}: booting from the CD-ROM needs a CD-ROM image")
         if self.initrd is not None and self.kernel is None:
             raise JobError(f"{self.source}: 'initrd' needs a 'kernel'")
         if self.cmdline is not None and self.kernel is None:
@@ -179,7 +191,13 @@ class Job:
         ):
             if name is not None:
                 relative_name(f"{self.source}: shared-directory file", name)
-        for what, name in (("image", self.image), ("kernel", self.kernel), ("initrd", self.initrd)):
+        for what, name in (
+            ("image", self.image),
+            ("kernel", self.kernel),
+            ("initrd", self.initrd),
+            ("cdrom", self.cdrom),
+            ("cache disk", self.cache_disk),
+        ):
             if name is not None:
                 relative_name(f"{self.source}: '{what}'", name)
         for name in self.copy_to_shared:
