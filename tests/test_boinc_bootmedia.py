@@ -171,3 +171,25 @@ def test_a_backend_without_the_media_names_the_keys_and_itself(
         "enable_cache_disk, enable_floppyio give the guest" in caplog.text
     )
     assert env.hv.machines() == []
+
+
+def test_vmctl_job_toml_names_the_media_too(env: Env) -> None:
+    from vmctl.boinc.job import JobError, parse_toml
+
+    job = parse_toml('cdrom = "ctx.iso"\nboot_cdrom = true\ncache_disk = "cache.qcow2"\nfloppy = true\n')
+    assert (job.cdrom, job.boot_cdrom, job.cache_disk, job.floppy, job.image) == (
+        "ctx.iso",
+        True,
+        "cache.qcow2",
+        True,
+        None,
+    )
+    for bad in ('cdrom = "../ctx.iso"', 'image = "a"\ncache_disk = "/etc/disk"', 'image = "a"\nboot_cdrom = true'):
+        with pytest.raises(JobError):
+            parse_toml(bad)
+    env.write_job(text='image = "vm_image.img"\ncache_disk = "cache.qcow2"\nfloppy = true\n')
+    (env.slot / "cache.qcow2").write_bytes(b"\x00" * 4096)
+    assert env.adapter().start() is None
+    spec = env.vm().spec
+    assert spec.extra_disks == (env.slot / "cache.qcow2",) and spec.floppy == env.slot / "vm_floppy_0.img"
+    assert spec.disk is not None and spec.cdrom is None

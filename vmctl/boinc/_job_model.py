@@ -106,13 +106,14 @@ class Job:
     outputs: tuple[Output, ...] = ()
     notes: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
-    """Keys whose guest contract no backend here can keep (a disk, ISO or floppy the guest
-    waits for): the task fails at its start (206), naming each, instead of running a VM that
-    cannot do its work."""
+    """Keys whose contract no backend here can keep (the guest or the project would wait for
+    something never given): the task fails at its start (206), naming each, instead of running a
+    VM that cannot do its work."""
     image_in_project: bool = False
     """vboxwrapper's ``multiattach_vdi_file``: ``image`` is a physical file name in the project
     directory, not an open name in the slot."""
     needs_acceleration: bool = False
+    """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
     share_keys: tuple[str, ...] = ()
     """The job file's keys that need the backend's shared folders (named when it has none)."""
     cdrom: str | None = None
@@ -125,7 +126,7 @@ class Job:
     floppy: bool = False
     """A floppy with init_data.xml (``enable_floppyio``), or with CERN's data format."""
     cern_dataformat: bool = False
-    """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
+    """The floppy holds vboxwrapper's ``BOINC_USERNAME=``... lines, not init_data.xml."""
 
     @property
     def has_shared_dir(self) -> bool:
