@@ -193,3 +193,21 @@ def test_vmctl_job_toml_names_the_media_too(env: Env) -> None:
     spec = env.vm().spec
     assert spec.extra_disks == (env.slot / "cache.qcow2",) and spec.floppy == env.slot / "vm_floppy_0.img"
     assert spec.disk is not None and spec.cdrom is None
+
+
+def test_a_cern_job_at_its_duration_says_so_in_its_output(env: Env) -> None:
+    """vboxwrapper.cpp: job_duration reached with enable_cern_dataformat writes "Work Unit
+    completed!" to ``output`` (the result's file the slot links to)."""
+    from vmctl.boinc.slot import FINISH_FILE
+
+    env.write_job(
+        text=FLOPPY_JOB.format(extra="<enable_cern_dataformat/><job_duration>30</job_duration>"), name="vbox_job.xml"
+    )
+    link(env, "base.vdi")
+    result = link(env, "output_0", b"")
+    (env.slot / "output").write_text("<soft_link>../../projects/p/output_0</soft_link>\n")
+    adapter = env.adapter()
+    assert adapter.start() is None
+    assert env.run(adapter, 40) == 0
+    assert (env.slot / FINISH_FILE).read_text() == "0\n"
+    assert result.read_text() == "Work Unit completed!\n"

@@ -36,6 +36,7 @@ __all__ = [
     "context_iso",
     "floppy_image",
     "floppy_name",
+    "write_cern_output",
     "write_floppy",
 ]
 
@@ -125,6 +126,23 @@ def write_floppy(task: Task) -> Path:
         f.write(floppy_image(data))
     os.replace(tmp, path)  # a link planted at the name is replaced, never followed
     return path
+
+
+#: vboxwrapper.cpp: what a CERN-format job's ``output`` says when its job_duration ends it
+CERN_OUTPUT = "Work Unit completed!\n"
+
+
+def write_cern_output(task: Task) -> None:
+    """vboxwrapper.cpp, at ``job_duration`` with ``enable_cern_dataformat``: the file ``output``
+    says ``Work Unit completed!`` (here the file the slot's ``output`` stands for: the result's
+    output file, which a soft link in the slot names)."""
+    try:
+        path = task.slot.resolve("output")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise SlotError(f"{path} is not a regular file")
+        path.write_text(CERN_OUTPUT)
+    except (SlotError, OSError) as exc:
+        log.warning("cannot write the CERN job's output file: %s", exc)
 
 
 def _slot_medium(task: Task, key: str, name: str) -> Path:

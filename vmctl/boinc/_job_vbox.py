@@ -51,7 +51,7 @@ VBOX_KEYS: Mapping[str, str] = {
     "enable_floppyio": "partial: a floppy image vm_floppy_<slot>.img in the slot holding init_data.xml in "
     "floppyio.cpp's layout, written when the VM is made (QEMU, libvirt)",
     "enable_cern_dataformat": "partial: the floppy holds vboxwrapper's BOINC_USERNAME=... lines instead of "
-    "init_data.xml (with enable_floppyio)",
+    "init_data.xml (with enable_floppyio); at job_duration, 'output' says 'Work Unit completed!'",
     "enable_cache_disk": "partial: with enable_isocontextualization (alone, vboxwrapper ignores it too), the slot's "
     "vm_cache.vdi as a second disk written in place, kept across restarts (the slot's own copy where the slot "
     "only links to it) (QEMU, libvirt)",
