@@ -192,7 +192,7 @@ ISO_MARK = "BOINC2DOCKER-ISO"
 # the guest's side of a boinc2docker job, standing in for boot2docker: its CD-ROM and cache
 # disk (the only disk: /dev/vda), then the completion trigger
 BOINC2DOCKER_RUN_SH = f"""\
-media load sr0 vda || true
+media load shared sr0 vda || true
 media list
 echo "VMCTL-GUEST CDROM $(dd if=/dev/sr0 bs=2048 count=1 2>/dev/null | head -c {len(ISO_MARK)})"
 echo CACHE-WRITTEN-BY-GUEST | dd of=/dev/vda bs=512 seek=1 conv=notrunc 2>/dev/null
@@ -224,6 +224,8 @@ def test_boinc2docker_gets_its_iso_and_cache_disk_and_completes(
     task.link("vm_cache.vdi", "vm_cache.vdi")
     (task.slot / "shared").mkdir()
     (task.slot / "shared" / "run.sh").write_text(BOINC2DOCKER_RUN_SH)
+    assert guest.media_modules is not None
+    shutil.copyfile(guest.media_modules, task.slot / "shared" / "media-modules.tar")
 
     task.start()
     vm = task.hv().machine(VM)

@@ -1,7 +1,7 @@
 """Boot media beyond the disk: a CD-ROM image, extra disks attached as they are and a floppy.
 
 The spec's checks and the backends' refusals run without a guest; on QEMU and on a real
-libvirtd the test guest loads its CD-ROM and floppy drivers on demand (``media load``), lists
+libvirtd the test guest loads its CD-ROM and floppy drivers from its share (``media load``), lists
 its block devices on the console and reads each medium's marker, and the extra disk keeps what
 the guest wrote into it (no overlay).
 """
@@ -33,7 +33,7 @@ WROTE_MARK = "GUEST-WROTE-THIS"
 # The guest's job: load the media drivers, list the block devices, print each medium's marker
 # (its first bytes) and write a line into the extra disk's second sector.
 RUN_SH = f"""\
-media load sr0 fd0 vdb || true
+media load job sr0 fd0 vdb || true
 media list
 echo "VMCTL-GUEST CDROM $(dd if=/dev/sr0 bs=2048 count=1 2>/dev/null | head -c {len(ISO_MARK)})"
 echo "VMCTL-GUEST FLOPPY $(dd if=/dev/fd0 bs=512 count=1 2>/dev/null | head -c {len(FLOPPY_MARK)})"
@@ -148,6 +148,8 @@ def test_a_qemu_guest_sees_the_cdrom_the_floppy_and_the_extra_disk(tmp_path: Pat
     share = tmp_path / "share"
     share.mkdir()
     (share / "run.sh").write_text(RUN_SH)
+    assert guest.media_modules is not None
+    shutil.copyfile(guest.media_modules, share / "media-modules.tar")
     iso.chmod(0o444)
     before = iso.read_bytes()
     hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
@@ -202,6 +204,9 @@ def test_a_libvirt_guest_sees_the_cdrom_the_floppy_and_the_extra_disk(libvirt_di
     for path in (iso, extra, floppy):
         path.chmod(0o644)
     (libvirt_dir / "run.sh").write_text(RUN_SH)
+    media_modules = ensure_test_guest().media_modules
+    assert media_modules is not None
+    shutil.copyfile(media_modules, libvirt_dir / "media-modules.tar")
     name = f"media-{time.monotonic_ns() % 10**8}"
     hv = vmctl.connect("libvirt", uri="qemu:///system", state_dir=Path("/var/lib/libvirt/images/vmctl"))
     log = libvirt_dir / "console.log"

@@ -10,6 +10,7 @@ import gzip
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -82,13 +83,17 @@ def test_build_reads_both_layouts(layout: str, tmp_path: Path, monkeypatch: pyte
     assert manifest["kernel_release"] == RELEASE
     assert manifest["modules"][0] == "netfs.ko"
     assert set(manifest["modules"]) == {f"{m}.ko" for m in ("netfs", *image.GUEST_MODULES)}
-    # the media drivers are shipped, not loaded at boot; a shared dependency is loaded already
+    # the media drivers are kept beside the guest, out of the initramfs
     assert manifest["media_modules"] == [f"{m}.ko" for m in image.GUEST_MEDIA_MODULES]
+    with tarfile.open(out / "media-modules.tar") as tar:
+        assert tar.getnames() == [*manifest["media_modules"], "list"]
+        listed = tar.extractfile("list")
+        assert listed is not None and listed.read().decode().split() == manifest["media_modules"]
     assert (out / "vmlinuz").read_bytes() == b"kernel"
     archive = gzip.decompress((out / "initrd.img").read_bytes())
     assert b"bin/busybox\0" in archive and b"\x7fELF busybox" in archive
     assert b"lib/modules/9p.ko\0" in archive and b"module 9p" in archive
-    assert b"lib/modules/sr_mod.ko\0" in archive and b"etc/vmctl/media-modules\0" in archive
+    assert b"sr_mod" not in archive and b"bin/media\0" in archive
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -1,21 +1,31 @@
 #!/bin/sh
-# media load [DEV...] | media list
+# media load TAG [DEV...] | media list
 #
-# "media load" loads the drivers of CD-ROMs (AHCI, sr) and floppies, which the guest does not
-# load at boot (probing for a floppy controller that is not there slows every boot), then
-# waits up to 10 s for each named device (sr0, fd0...) to appear in /dev.
+# "media load TAG" loads the drivers of CD-ROMs (AHCI, sr) and floppies, which are not in the
+# initramfs (they would slow every boot): the host puts the guest's media-modules.tar
+# (TestGuest.media_modules) into the 9p share TAG. It then waits up to 10 s for each named
+# device (sr0, fd0, vdb...) to appear in /dev.
 # "media list" prints "VMCTL-GUEST MEDIA <name> bytes=<size> ro=<0|1>" for every disk, CD-ROM
 # and floppy the kernel sees.
 op=$1
-[ -n "$op" ] || { echo "usage: media load [DEV...] | media list" >&2; exit 2; }
+[ -n "$op" ] || { echo "usage: media load TAG [DEV...] | media list" >&2; exit 2; }
 shift
 case "$op" in
     load)
+        tag=$1
+        [ -n "$tag" ] || { echo "usage: media load TAG [DEV...]" >&2; exit 2; }
+        shift
+        mkdir -p /run/media-modules
+        if ! share get "$tag" media-modules.tar /run/media-modules.tar; then
+            echo "VMCTL-GUEST WARN no media-modules.tar in share $tag"
+            exit 1
+        fi
+        tar -xf /run/media-modules.tar -C /run/media-modules && rm -f /run/media-modules.tar
         while read -r mod; do
             [ -n "$mod" ] || continue
-            insmod "/lib/modules/$mod" 2>/dev/null || grep -q "^${mod%.ko} " /proc/modules \
+            insmod "/run/media-modules/$mod" 2>/dev/null || grep -q "^${mod%.ko} " /proc/modules \
                 || echo "VMCTL-GUEST WARN insmod $mod failed"
-        done < /etc/vmctl/media-modules
+        done < /run/media-modules/list
         status=0
         for dev in "$@"; do
             i=0

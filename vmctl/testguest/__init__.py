@@ -4,8 +4,9 @@ The guest is Debian's kernel (package ``linux-image-amd64``'s current dependency
 initramfs (``busybox-static``) whose ``/init`` is ``vmctl/_guest/init.sh``, and a small ext2 disk
 as a qcow2 base image. It boots in a few seconds under QEMU's TCG and speaks a line protocol on
 its serial console (``VMCTL-GUEST READY``, ``VMCTL-GUEST TICK n=...``, ...), documented at the top
-of ``init.sh``. The drivers of CD-ROMs (AHCI, sr) and floppies ship in the initramfs but load
-only on demand: a guest job runs ``media load sr0 fd0`` (which waits for the devices) and
+of ``init.sh``. The drivers of CD-ROMs (AHCI, sr) and floppies are kept out of the initramfs
+(they would slow every boot), in ``TestGuest.media_modules``: a test copies that tar into a 9p
+share and the guest's job runs ``media load TAG sr0 fd0`` (which waits for the devices) and
 ``media list`` (``VMCTL-GUEST MEDIA <dev> bytes=<n> ro=<0|1>`` per block device), see
 ``vmctl/_guest/media.sh``.
 

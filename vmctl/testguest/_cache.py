@@ -25,6 +25,7 @@ from ._common import (
     GUEST_CMDLINE,
     GUEST_MEDIA_MODULES,
     GUEST_MODULES,
+    MEDIA_TAR,
     GuestBuildError,
     Progress,
     TestGuest,
@@ -122,6 +123,7 @@ def _load(manifest: Path) -> TestGuest:
         initrd=d / "initrd.img",
         disk=d / "disk.qcow2",
         cmdline=str(info.get("cmdline", GUEST_CMDLINE)),
+        media_modules=d / MEDIA_TAR if (d / MEDIA_TAR).is_file() else None,
     )
 
 

@@ -31,10 +31,12 @@ GUEST_MODULES: tuple[str, ...] = (
     "button",
 )
 
-#: Kernel modules shipped in the guest but loaded only on demand (``media load``, see
-#: vmctl/_guest/media.sh): the AHCI controller and SCSI CD-ROM drivers of a CD-ROM on q35's SATA
-#: and the floppy driver, whose probe for a controller would slow every boot without one.
+#: Kernel modules kept beside the guest (``TestGuest.media_modules``, a tar) and loaded only on
+#: demand from a share (``media load TAG``, see vmctl/_guest/media.sh): the AHCI controller and
+#: SCSI CD-ROM drivers of a CD-ROM on q35's SATA and the floppy driver. In the initramfs they
+#: would make it a quarter larger, and the floppy driver's probe would slow every boot.
 GUEST_MEDIA_MODULES: tuple[str, ...] = ("ahci", "sr_mod", "floppy")
+MEDIA_TAR = "media-modules.tar"
 
 KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -88,6 +90,9 @@ class TestGuest:
     initrd: Path
     disk: Path
     cmdline: str
+    media_modules: Path | None = None
+    """A tar of the CD-ROM and floppy drivers, kept out of the initramfs (they would slow every
+    boot): copy it into a 9p share and run ``media load TAG`` in the guest."""
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
+import tarfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +23,7 @@ from ._common import (
     GUEST_CMDLINE,
     GUEST_MEDIA_MODULES,
     GUEST_MODULES,
+    MEDIA_TAR,
     GuestBuildError,
     Progress,
     _Versions,
@@ -60,7 +63,8 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
 
     report("building the initramfs")
     staging = work / "initramfs"
-    _stage_initramfs(staging, busybox, modules, media)
+    _stage_initramfs(staging, busybox, modules)
+    _write_media_tar(out / MEDIA_TAR, media)
     _make_cpio_gz(staging, out / "initrd.img")
 
     report("building the disk image")
@@ -78,7 +82,7 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
         "cmdline": GUEST_CMDLINE,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for name in ("vmlinuz", "initrd.img", "disk.qcow2"):
+    for name in ("vmlinuz", "initrd.img", "disk.qcow2", MEDIA_TAR):
         (out / name).chmod(0o444)
     (out / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     out.chmod(0o755)
@@ -91,9 +95,17 @@ def _one(paths: Iterable[Path], what: str) -> Path:
     return found[0]
 
 
-def _stage_initramfs(
-    staging: Path, busybox: Path, modules: list[tuple[str, bytes]], media: Sequence[tuple[str, bytes]] = ()
-) -> None:
+def _write_media_tar(dest: Path, media: Sequence[tuple[str, bytes]]) -> None:
+    """The media drivers and ``list`` (their load order), with fixed metadata (reproducible)."""
+    members = [*media, ("list", "".join(f"{n}\n" for n, _ in media).encode())]
+    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _stage_initramfs(staging: Path, busybox: Path, modules: list[tuple[str, bytes]]) -> None:
     for d in _INITRAMFS_DIRS:
         (staging / d).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(busybox, staging / "bin" / "busybox")
@@ -107,9 +119,6 @@ def _stage_initramfs(
     for name, data in modules:
         (staging / "lib" / "modules" / name).write_bytes(data)
     (staging / "etc" / "vmctl" / "modules").write_text("".join(f"{n}\n" for n, _ in modules))
-    for name, data in media:
-        (staging / "lib" / "modules" / name).write_bytes(data)
-    (staging / "etc" / "vmctl" / "media-modules").write_text("".join(f"{n}\n" for n, _ in media))
     (staging / "etc" / "hostname").write_text("vmctl-guest\n")
 
 
