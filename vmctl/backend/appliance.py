@@ -21,7 +21,15 @@ from vmctl.backend.tools import run_tool
 from vmctl.errors import InvalidSpec, Unsupported
 from vmctl.types import MachineSpec, Network, validate_name
 
-__all__ = ["appliance_name", "appliance_spec", "check_image", "convert_disk", "no_overrides", "single_disk"]
+__all__ = [
+    "appliance_name",
+    "appliance_spec",
+    "check_header",
+    "check_image",
+    "convert_disk",
+    "no_overrides",
+    "single_disk",
+]
 
 #: The first bytes of each format vmctl converts (raw has none).
 _MAGIC = {"vmdk": (b"KDMV",), "qcow2": (b"QFI\xfb",), "vdi": (b"<<< ",)}
@@ -55,9 +63,9 @@ def single_disk(appliance: Appliance, backend: str) -> ApplianceDisk:
     return disk
 
 
-def check_image(qemu_img: str, path: Path, declared: str, timeout: float = 60) -> int:
-    """Refuse (:class:`UnsafeAppliance`) an image that is not what the descriptor declares or
-    that reaches beyond its own file; return its virtual size."""
+def check_header(path: Path, declared: str) -> None:
+    """Refuse (:class:`UnsafeAppliance`) an image whose header is not the format declared (a
+    "vmdk" that is a text descriptor naming extents, a "raw" that starts with a qcow2 header)."""
     with open(path, "rb") as f:
         head = f.read(4)
     probed = next((fmt for fmt, magics in _MAGIC.items() if head.startswith(magics)), "raw")
@@ -68,6 +76,12 @@ def check_image(qemu_img: str, path: Path, declared: str, timeout: float = 60) -
                 probed = "raw"
     if probed != declared:
         raise UnsafeAppliance(f"{path.name} is declared {declared} but its header says {probed}")
+
+
+def check_image(qemu_img: str, path: Path, declared: str, timeout: float = 60) -> int:
+    """Refuse (:class:`UnsafeAppliance`) an image that is not what the descriptor declares or
+    that reaches beyond its own file; return its virtual size."""
+    check_header(path, declared)
     proc = run_tool([qemu_img, "info", "-U", "--output=json", "-f", declared, str(path)], timeout=timeout)
     try:
         info = json.loads(proc.stdout)
