@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 import time
@@ -361,5 +362,35 @@ def test_virtualbox_simulator_imports_through_vboxmanage_import(tmp_path: Path, 
         assert vm.state is vmctl.State.RUNNING
         vm.destroy()
         assert not disk.exists() and not folder.exists()
+    finally:
+        h.teardown()
+
+
+def test_vmrun_simulator_imports_as_a_converted_vmdk_and_a_vmx(tmp_path: Path, guest_ova: Path) -> None:
+    """Against the vmrun SIMULATOR (not VMware): vmrun has no import, so the disk is converted to
+    a hosted sparse VMDK in the machine's directory and a .vmx written around it."""
+    from vmctl_vmware._vmx import VmxFile
+
+    from .contract.harness_vmware import VmwareSimHarness
+
+    h = VmwareSimHarness()
+    h.setup(tmp_path)
+    try:
+        hv = h.connect()
+        vm = hv.import_appliance(guest_ova, "vm-ova")
+        directory = h.vm_dir / "vm-ova"
+        disk = directory / "appliance.vmdk"
+        info = json.loads(
+            vmctl.backend.tools.run_tool(["qemu-img", "info", "--output=json", str(disk)], timeout=30).stdout
+        )
+        assert (info["format"], info["format-specific"]["data"]["create-type"]) == ("vmdk", "monolithicSparse")
+        vmx = VmxFile.load(directory / "vm-ova.vmx")
+        assert (vmx.get("scsi0:0.fileName"), vmx.get("memsize"), vmx.get("numvcpus")) == (str(disk), "160", "2")
+        assert (vm.spec.disk, vm.spec.overlay) == (disk, False)
+        vm.start()
+        assert vm.state is vmctl.State.RUNNING
+        vm.poweroff()
+        vm.destroy()
+        assert not directory.exists()
     finally:
         h.teardown()

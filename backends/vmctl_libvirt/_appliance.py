@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmctl.appliance import open_appliance
-from vmctl.backend.appliance import appliance_name, appliance_spec, check_image, convert_disk, single_disk
+from vmctl.backend.appliance import (
+    appliance_name,
+    appliance_spec,
+    check_image,
+    convert_disk,
+    refuse_features,
+    single_disk,
+)
 from vmctl.errors import Unsupported
 from vmctl.interface import Machine
 
@@ -53,8 +60,7 @@ def import_appliance(
             else:
                 convert_disk("qemu-img", source, disk.image_format, base, timeout)
             spec = appliance_spec(opened, name, base, overrides)
-            if hv.capabilities.refused_features(spec):
-                hv.create(spec)  # raises Unsupported, saying why
+            refuse_features(hv, spec)
             return hv._define(spec, {"appliance_base": str(base)})
         except BaseException:
             with contextlib.suppress(OSError):

@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmctl.appliance import open_appliance
-from vmctl.backend.appliance import appliance_name, appliance_spec, check_image, convert_disk, single_disk
+from vmctl.backend.appliance import (
+    appliance_name,
+    appliance_spec,
+    check_image,
+    convert_disk,
+    refuse_features,
+    single_disk,
+)
 from vmctl.backend.tools import run_tool
 from vmctl.interface import Machine
 
@@ -51,8 +58,7 @@ def import_appliance(
             else:
                 convert_disk(hv.qemu_img, source, disk.image_format, base, timeout)
             spec = appliance_spec(opened, name, base, overrides)
-            if hv.capabilities.refused_features(spec):
-                hv.create(spec)  # raises Unsupported, saying why
+            refuse_features(hv, spec)
             run_tool(
                 [hv.qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", BASE, str(directory / OVERLAY)],
                 timeout=60,

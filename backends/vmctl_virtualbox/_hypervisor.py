@@ -107,7 +107,7 @@ class VirtualBoxHypervisor(Hypervisor):
         VM's folder, with ``overlay=True``: the appliance itself is never written, and
         ``destroy`` deletes that disk with the VM (``unregistervm --delete``)."""
         from vmctl.appliance import open_appliance
-        from vmctl.backend.appliance import appliance_name, appliance_spec, single_disk
+        from vmctl.backend.appliance import appliance_name, appliance_spec, refuse_features, single_disk
 
         t = self.transport
         with open_appliance(path, workdir=self._unpack_dir()) as opened:
@@ -116,9 +116,7 @@ class VirtualBoxHypervisor(Hypervisor):
             if opened.appliance.cdroms:
                 raise Unsupported(self.name, "import_appliance", "the appliance attaches CD/DVD images")
             draft = appliance_spec(opened, chosen, opened.disk_paths[disk.disk_id], spec)
-            refused = self.capabilities.refused_features(draft)
-            if refused:
-                self.create(draft)  # raises Unsupported, saying why
+            refuse_features(self, draft)
             if chosen in t.list_vms():
                 raise MachineExists(chosen, "virtualbox")
             self.base_folder.mkdir(parents=True, exist_ok=True)

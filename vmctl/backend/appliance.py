@@ -19,7 +19,8 @@ from typing import Any
 from vmctl.appliance import Appliance, ApplianceDisk, OpenedAppliance, UnsafeAppliance
 from vmctl.backend.tools import run_tool
 from vmctl.errors import InvalidSpec, Unsupported
-from vmctl.types import MachineSpec, Network, validate_name
+from vmctl.interface import Hypervisor
+from vmctl.types import SPEC_FEATURES, MachineSpec, Network, validate_name
 
 __all__ = [
     "appliance_name",
@@ -120,6 +121,16 @@ def appliance_spec(
     }
     values.update(overrides or {})
     return MachineSpec.from_dict({**values, "name": name, "disk": disk, "overlay": overlay})
+
+
+def refuse_features(hv: Hypervisor, spec: MachineSpec) -> None:
+    """:class:`Unsupported` (as :meth:`~vmctl.Hypervisor.create` says it) if the backend lacks
+    a feature ``spec`` needs."""
+    refused = hv.capabilities.refused_features(spec)
+    if refused:
+        notes = hv._feature_notes
+        why = "; ".join(f"{SPEC_FEATURES[f]}: {notes.get(f, 'not offered')}" for f in refused)
+        raise Unsupported(hv.name, "import_appliance", why)
 
 
 def no_overrides(backend: str, overrides: Mapping[str, Any]) -> None:
