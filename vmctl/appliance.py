@@ -120,9 +120,10 @@ class ManifestMismatch(InvalidAppliance):
     """A file's digest is not the one the appliance's manifest (``.mf``) lists, or a file the
     manifest lists is missing."""
 
-    def __init__(self, file: str, problem: str) -> None:
+    def __init__(self, file: str, reason: str) -> None:
         self.file = file
-        super().__init__(f"manifest check of {file!r} failed: {problem}")
+        self.reason = reason
+        super().__init__(f"manifest check of {file!r} failed: {reason}")
 
 
 class UnsupportedAppliance(InvalidAppliance):

@@ -548,8 +548,8 @@ class Hypervisor(ABC):
         :class:`~vmctl.types.MachineSpec` fields that replace or add to what the appliance says
         (``memory_mib``, ``network`` with port forwards, ``serial_log``, ``shared_dirs``, or
         ``kernel``/``initrd``/``cmdline`` for a disk without a boot loader); ``name``, ``disk``
-        and ``overlay`` are the import's own. A backend that imports through the hypervisor's own
-        importer (VirtualBox, vSphere) takes none and raises :class:`Unsupported` for any.
+        and ``overlay`` are the import's own. A field the backend cannot honour raises :class:`Unsupported`
+        (vSphere's importer takes ``memory_mib`` and ``cpus`` only).
 
         The appliance is read as a stranger's file (see :mod:`vmctl.appliance`): an unsafe one
         raises :class:`~vmctl.appliance.UnsafeAppliance`, a malformed one

@@ -28,7 +28,7 @@ __all__ = [
     "check_header",
     "check_image",
     "convert_disk",
-    "no_overrides",
+    "refuse_features",
     "single_disk",
 ]
 
@@ -131,13 +131,3 @@ def refuse_features(hv: Hypervisor, spec: MachineSpec) -> None:
         notes = hv._feature_notes
         why = "; ".join(f"{SPEC_FEATURES[f]}: {notes.get(f, 'not offered')}" for f in refused)
         raise Unsupported(hv.name, "import_appliance", why)
-
-
-def no_overrides(backend: str, overrides: Mapping[str, Any]) -> None:
-    """:class:`Unsupported` if ``overrides`` is not empty (an importer that takes the appliance as is)."""
-    if overrides:
-        raise Unsupported(
-            backend,
-            "import_appliance",
-            "its importer takes the appliance as it is; no MachineSpec fields: " + ", ".join(sorted(overrides)),
-        )
