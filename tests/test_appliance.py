@@ -24,6 +24,7 @@ from vmctl.appliance import (
     parse_descriptor,
 )
 from vmctl.backend.appliance import check_image
+from vmctl.backend.tools import run_tool
 from vmctl.testguest import TestGuest, ensure_test_guest
 
 from . import ova_build
@@ -208,7 +209,7 @@ def test_disk_images_reaching_other_files_are_refused(tmp_path: Path) -> None:
         check_image("qemu-img", desc, "vmdk")
     # a "raw" image that is a qcow2 with a backing file (qemu-img would probe it as qcow2)
     backed = tmp_path / "backed.img"
-    vmctl.backend.tools.run_tool(
+    run_tool(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", str(backed), "1M"], timeout=30
     )
     with pytest.raises(UnsafeAppliance, match="header"):
@@ -228,7 +229,7 @@ def guest_ova(guest: TestGuest, tmp_path_factory: pytest.TempPathFactory) -> Pat
     """An OVA of the test guest's disk as a stream-optimised VMDK, 2 CPUs, 160 MiB, one NIC."""
     root = tmp_path_factory.mktemp("ova")
     vmdk = root / "guest-disk1.vmdk"
-    vmctl.backend.tools.run_tool(
+    run_tool(
         ["qemu-img", "convert", "-q", "-O", "vmdk", "-o", "subformat=streamOptimized", str(guest.disk), str(vmdk)],
         timeout=60,
     )
@@ -270,7 +271,7 @@ def test_ova_imports_and_boots_on_qemu(tmp_path: Path, guest: TestGuest, guest_o
 
 def test_ovf_with_qcow2_disk_gets_an_overlay_not_a_copy(tmp_path: Path, guest: TestGuest) -> None:
     disk = tmp_path / "disk.qcow2"
-    vmctl.backend.tools.run_tool(["qemu-img", "convert", "-q", "-O", "qcow2", str(guest.disk), str(disk)], timeout=60)
+    run_tool(["qemu-img", "convert", "-q", "-O", "qcow2", str(guest.disk), str(disk)], timeout=60)
     (tmp_path / "app.ovf").write_bytes(descriptor("app", [("disk.qcow2", 64 << 20, QCOW2)], nics=0))
     digest = hashlib.sha256(disk.read_bytes()).hexdigest()
     hv = vmctl.connect("qemu", state_dir=tmp_path / "state", accel="tcg")
@@ -380,9 +381,7 @@ def test_vmrun_simulator_imports_as_a_converted_vmdk_and_a_vmx(tmp_path: Path, g
         vm = hv.import_appliance(guest_ova, "vm-ova")
         directory = h.vm_dir / "vm-ova"
         disk = directory / "appliance.vmdk"
-        info = json.loads(
-            vmctl.backend.tools.run_tool(["qemu-img", "info", "--output=json", str(disk)], timeout=30).stdout
-        )
+        info = json.loads(run_tool(["qemu-img", "info", "--output=json", str(disk)], timeout=30).stdout)
         assert (info["format"], info["format-specific"]["data"]["create-type"]) == ("vmdk", "monolithicSparse")
         vmx = VmxFile.load(directory / "vm-ova.vmx")
         assert (vmx.get("scsi0:0.fileName"), vmx.get("memsize"), vmx.get("numvcpus")) == (str(disk), "160", "2")
