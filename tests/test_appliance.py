@@ -63,6 +63,21 @@ def test_generated_descriptor_round_trips() -> None:
     assert (app.name, app.memory_mib, app.cpus, app.nics) == ("gen", 96, 2, ())
 
 
+def test_ovf_2_items_are_read() -> None:
+    """OVF 2.0 (as VirtualBox's --ovf20 writes it): envelope/2, NICs as EthernetPortItem in the
+    epasd namespace, memory in plain MegaBytes."""
+    data = descriptor("two", [("d.vmdk", 1 << 20, STREAM_VMDK)], nics=0).replace(b"ovf/envelope/1", b"ovf/envelope/2")
+    epasd = b"http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData"
+    nic = (
+        b'<ovf:EthernetPortItem xmlns:epasd="' + epasd + b'"><epasd:Connection>NAT</epasd:Connection>'
+        b"<epasd:InstanceID>9</epasd:InstanceID><epasd:ResourceSubType>virtio</epasd:ResourceSubType>"
+        b"<epasd:ResourceType>10</epasd:ResourceType></ovf:EthernetPortItem></ovf:VirtualHardwareSection>"
+    )
+    data = data.replace(b"</ovf:VirtualHardwareSection>", nic).replace(b"byte * 2^20", b"MegaBytes")
+    app = parse_descriptor(data)
+    assert (app.memory_mib, [(n.network, n.model) for n in app.nics]) == (128, [("NAT", "virtio")])
+
+
 @pytest.mark.parametrize(
     ("change", "error"),
     [
