@@ -413,3 +413,24 @@ def test_vmrun_simulator_imports_as_a_converted_vmdk_and_a_vmx(tmp_path: Path, g
         assert not directory.exists()
     finally:
         h.teardown()
+
+
+def test_the_interface_default_and_its_argument_checks(tmp_path: Path, guest_ova: Path) -> None:
+    from vmctl_memory import MemoryHypervisor
+
+    class NoImporter(MemoryHypervisor):  # a third-party backend that implements no import
+        name = "no-importer"
+        _do_import_appliance = vmctl.Hypervisor._do_import_appliance
+
+    with pytest.raises(vmctl.Unsupported, match="cannot import appliances"):
+        NoImporter(namespace="ova-default").import_appliance(guest_ova)
+    hv = vmctl.connect("memory", namespace=f"ova-args-{os.getpid()}")
+    with pytest.raises(vmctl.InvalidSpec, match="memory_gib"):
+        hv.import_appliance(guest_ova, memory_gib=2)
+    with pytest.raises(vmctl.InvalidSpec, match="does not exist"):
+        hv.import_appliance(tmp_path / "missing.ova")
+    not_ovf = tmp_path / "notes.ovf"
+    not_ovf.write_text("not xml at all")
+    with pytest.raises(InvalidAppliance, match="well-formed"):
+        hv.import_appliance(not_ovf)
+    assert hv.machines() == []
