@@ -4,7 +4,7 @@ On a local URI the appliance's disk is converted by ``qemu-img convert`` (stream
 and the other formats qemu-img reads) into ``NAME-appliance-ID.qcow2`` in the connection's
 overlay directory (``state_dir``), and the domain made over it as over any base image (with its
 own overlay); vmctl's metadata names the converted image, which ``destroy`` deletes with the
-overlay. An ``.ovf`` whose disk is already qcow2 or raw is not copied: the domain's overlay is
+overlay. An ``.ovf`` whose disk is already qcow2 is not copied: the domain's overlay is
 made over the file beside the descriptor. A remote URI is refused (:class:`Unsupported`): the
 disk would have to be uploaded into a storage pool on the other host, which vmctl does not do.
 """

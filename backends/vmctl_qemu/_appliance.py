@@ -5,7 +5,7 @@ machine's directory), its disk converted by ``qemu-img convert`` (which reads st
 VMDK, the format OVAs carry) into ``appliance.qcow2`` in the machine's directory, and the machine
 made over it as over any base image: its own overlay ``disk.qcow2`` (backing file named
 relatively, so it survives the rename of the directory into place). ``destroy`` deletes both,
-as vmctl made both. An ``.ovf`` whose disk is already qcow2 or raw is not copied: the machine's
+as vmctl made both. An ``.ovf`` whose disk is already qcow2 is not copied: the machine's
 overlay is made directly over the file beside the descriptor, which stays the caller's.
 """
 
