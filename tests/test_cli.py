@@ -503,3 +503,23 @@ def test_console_script_against_qemu(tmp_path: Path) -> None:
         proc = _script("destroy", "cli-qemu", env=env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(_script("list", "--json", env=env).stdout) == []
+
+
+# -- import --------------------------------------------------------------------------------------------
+def test_import_an_ova_with_overrides_and_refusals(run: Run, tmp_path: Path) -> None:
+    from .ova_build import STREAM_VMDK, descriptor, ova
+
+    app = ova(tmp_path / "app.ova", "app.ovf", descriptor("appliance-1", [("d.vmdk", 1 << 20, STREAM_VMDK)],
+              memory_mib=192, cpus=2), [("d.vmdk", b"KDMV")])  # fmt: skip
+    assert run("import", str(app)) == 0, run.err
+    assert run.out.strip() == "appliance-1: imported (stopped)"
+    assert run("import", str(app), "--name", "web", "--memory", "1G", "--forward", "8080:80", "--start") == 0, run.err
+    shown = run.json("show", "web")
+    assert (shown["state"], shown["spec"]["memory_mib"], shown["spec"]["cpus"]) == ("running", 1024, 2)
+    assert shown["spec"]["network"]["port_forwards"] == [{"host_port": 8080, "guest_port": 80, "protocol": "tcp"}]
+    assert run("import", str(app)) == 10
+    bad = tmp_path / "bad.ova"
+    bad.write_bytes(app.read_bytes().replace(b"KDMV", b"KDMX"))  # the manifest no longer matches
+    assert run("import", str(bad), "--name", "bad") == 9
+    assert "manifest check of 'd.vmdk' failed" in one_error_line(run.err)
+    assert {vm["name"] for vm in run.json("list")} == {"appliance-1", "web"}

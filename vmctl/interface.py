@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, SnapshotExists, Unsupported
@@ -535,6 +537,44 @@ class Hypervisor(ABC):
             except MachineNotFound:  # destroyed meanwhile by another process
                 continue
         return found
+
+    def import_appliance(
+        self, path: str | os.PathLike[str], name: str | None = None, *, timeout: float = 1800, **spec: Any
+    ) -> Machine:
+        """Create a machine from an OVF appliance: an ``.ova`` file, or an ``.ovf`` descriptor with
+        its disk files beside it. It starts STOPPED, with the appliance's memory, CPUs and disk
+        (a NAT network if the appliance has a network adapter), named ``name`` or, by default,
+        as the appliance's virtual system (its ``ovf:id``). Keyword arguments ``spec`` are
+        :class:`~vmctl.types.MachineSpec` fields that replace or add to what the appliance says
+        (``memory_mib``, ``network`` with port forwards, ``serial_log``, ``shared_dirs``, or
+        ``kernel``/``initrd``/``cmdline`` for a disk without a boot loader); ``name``, ``disk``
+        and ``overlay`` are the import's own. A field the backend cannot honour raises :class:`Unsupported`
+        (vSphere's importer takes ``memory_mib`` and ``cpus`` only).
+
+        The appliance is read as a stranger's file (see :mod:`vmctl.appliance`): an unsafe one
+        raises :class:`~vmctl.appliance.UnsafeAppliance`, a malformed one
+        :class:`~vmctl.appliance.InvalidAppliance` (both :class:`InvalidSpec`), a manifest
+        mismatch :class:`~vmctl.appliance.ManifestMismatch`; nothing is created then. Raises
+        :class:`MachineExists` if the name is taken, :class:`Unsupported` where the backend
+        cannot import (or not this appliance, e.g. one with several disks).
+        """
+        if name is not None:
+            validate_name(name)
+        own = {"name", "disk", "overlay"}
+        unknown = sorted(k for k in spec if k in own or k not in MachineSpec.__dataclass_fields__)
+        if unknown:
+            raise InvalidSpec("import_appliance", "not MachineSpec fields an import takes: " + ", ".join(unknown))
+        source = Path(path).expanduser().absolute()
+        if not source.is_file():
+            raise InvalidSpec("appliance", f"{source} does not exist or is not a regular file")
+        log.info("import appliance %s on %s", source, self.name)
+        return self._do_import_appliance(source, name, dict(spec), timeout)
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        """Import the appliance at ``path`` (an existing file) as machine ``name`` (validated;
+        None: the appliance's own name), with the MachineSpec fields ``spec`` (names checked)
+        replacing the appliance's. Backends read it with :func:`vmctl.appliance.open_appliance`."""
+        raise Unsupported(self.name, "import_appliance", "this backend cannot import appliances")
 
     def usage_all(self) -> dict[str, Usage]:
         """Usage of every machine, keyed by name. Backends with a bulk call do it in one."""

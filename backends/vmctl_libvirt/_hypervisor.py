@@ -211,6 +211,16 @@ class LibvirtHypervisor(Hypervisor):
                 check_reachable(path, label, need_read=False)
 
     def _do_create(self, spec: MachineSpec) -> Machine:
+        return self._define(spec)
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        from ._appliance import import_appliance
+
+        return import_appliance(self, path, name, spec, timeout)
+
+    def _define(self, spec: MachineSpec, extra_metadata: dict[str, Any] | None = None) -> Machine:
+        """Define the domain of ``spec``; ``extra_metadata`` goes into vmctl's metadata element
+        (an imported appliance's base image, which destroy deletes)."""
         self._check_spec(spec)
 
         def exists(conn: libvirt.virConnect) -> bool:
@@ -238,6 +248,7 @@ class LibvirtHypervisor(Hypervisor):
             else:
                 disk_format, backing = backing.format, None
         metadata: dict[str, Any] = {"version": 1, "spec": spec.to_dict(), "created": time.time()}
+        metadata.update(extra_metadata or {})
         if overlay is not None:
             metadata["overlay"] = overlay
         plan = DomainPlan(

@@ -382,6 +382,9 @@ class LibvirtMachine(Machine):
         hv._forget(self.name)
         if overlay is not None:
             hv._overlays_for(str(overlay.get("kind", "file"))).delete(str(overlay["path"]))
+        base = meta.get("appliance_base")  # an imported appliance's disk, converted by vmctl
+        if base is not None:
+            hv._overlays_for("file").delete(str(base))
 
     def _do_destroy_adopted(self, timeout: float, delete_disks: bool) -> None:
         """Undefine a domain vmctl did not create. Its managed save image goes (libvirt's own

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from vmctl.errors import BackendError, MachineExists, MachineNotFound
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec
@@ -40,6 +43,19 @@ class MemoryHypervisor(Hypervisor):
                 raise MachineExists(spec.name, "memory")
             self._machines[spec.name] = Record(spec=spec)
         return MemoryMachine(self, spec.name)
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        """The appliance is read and checked as on every backend (an OVA unpacked into a temporary
+        directory and its manifest verified); nothing runs here, so the machine's disk is the
+        file vmctl was given: the disk beside an ``.ovf``, the ``.ova`` itself."""
+        from vmctl.appliance import open_appliance
+        from vmctl.backend.appliance import appliance_name, appliance_spec
+
+        with open_appliance(path) as opened:
+            app = opened.appliance
+            chosen = appliance_name(app, name)
+            disk = opened.source if opened.packaged or not app.disks else opened.disk_paths[app.disks[0].disk_id]
+            return self.create(appliance_spec(opened, chosen, disk, spec))
 
     def _machine_names(self) -> list[str]:
         with LOCK:

@@ -162,6 +162,11 @@ class QemuHypervisor(Hypervisor):
 
         return adopt(self, name, qmp)
 
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        from ._appliance import import_appliance
+
+        return import_appliance(self, path, name, spec, timeout)
+
     def _machine_names(self) -> list[str]:
         return [name for name in self.store.names() if not self._is_adopted(name)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from vmctl.backend.store import default_state_dir
 from vmctl.errors import (
@@ -14,6 +15,7 @@ from vmctl.errors import (
     MachineExists,
     MachineNotFound,
     OperationTimeout,
+    Unsupported,
 )
 from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec, validate_name
@@ -96,6 +98,63 @@ class VirtualBoxHypervisor(Hypervisor):
         machine = VirtualBoxMachine(self, spec.name)
         machine._spec = spec
         return machine
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        """``VBoxManage import`` of the appliance as vmctl unpacked and checked it (VirtualBox
+        reads the descriptor and disks from vmctl's private directory, never the archive), then
+        the settings vmctl gives every machine (memory, CPUs, NAT or no NIC, serial log, boot
+        from disk) and vmctl's extradata. The stored spec names the disk VirtualBox made in the
+        VM's folder, with ``overlay=True``: the appliance itself is never written, and
+        ``destroy`` deletes that disk with the VM (``unregistervm --delete``)."""
+        from vmctl.appliance import open_appliance
+        from vmctl.backend.appliance import appliance_name, appliance_spec, refuse_features, single_disk
+
+        t = self.transport
+        with open_appliance(path, workdir=self._unpack_dir()) as opened:
+            chosen = appliance_name(opened.appliance, name)
+            disk = single_disk(opened.appliance, self.name)
+            if opened.appliance.cdroms:
+                raise Unsupported(self.name, "import_appliance", "the appliance attaches CD/DVD images")
+            draft = appliance_spec(opened, chosen, opened.disk_paths[disk.disk_id], spec)
+            refuse_features(self, draft)
+            if chosen in t.list_vms():
+                raise MachineExists(chosen, "virtualbox")
+            self.base_folder.mkdir(parents=True, exist_ok=True)
+            try:
+                disks = t.import_appliance(opened.descriptor, chosen, self.base_folder, timeout)
+            except BackendError as exc:
+                if exc.native in ("VBOX_E_FILE_ERROR", "VBOX_E_OBJECT_IN_USE") or chosen in t.list_vms():
+                    raise MachineExists(chosen, "virtualbox") from exc
+                raise
+            try:
+                if len(disks) != 1:
+                    raise BackendError(f"VBoxManage import reported {len(disks)} disks for {chosen!r}, not one")
+                final = appliance_spec(opened, chosen, disks[0], spec)
+                t.configure(
+                    chosen,
+                    memory_mib=final.memory_mib,
+                    cpus=final.cpus,
+                    network=final.network,
+                    serial_log=final.serial_log,
+                )
+                for tag, share in final.shared_dirs.items():
+                    t.add_shared_folder(chosen, tag, share, readonly=tag in final.readonly_shares)
+                    t.set_extradata(chosen, SYMLINKS_KEY + tag, "0")
+                t.set_extradata(chosen, SPEC_KEY, dump(final.to_dict()))
+            except BaseException:
+                log.warning("%s: import failed; removing the imported VM", chosen)
+                try:
+                    t.unregister_delete(chosen, 60)
+                except Exception as cleanup_exc:
+                    log.warning("%s: cleanup after failed import failed too: %s", chosen, cleanup_exc)
+                raise
+        machine = VirtualBoxMachine(self, chosen)
+        machine._spec = final
+        return machine
+
+    def _unpack_dir(self) -> Path:
+        self.base_folder.mkdir(parents=True, exist_ok=True)
+        return self.base_folder
 
     def _machine_names(self) -> list[str]:
         names = []

@@ -143,6 +143,11 @@ class Transport(ABC):
         """Unregister only: every file of the VM stays (an adopted VM's destroy)."""
         raise Unsupported("virtualbox", "destroy", "this transport cannot unregister a VM without deleting it")
 
+    def import_appliance(self, descriptor: Path, name: str, base_folder: Path, timeout: float) -> list[Path]:
+        """Import the OVF ``descriptor`` (its disk files beside it) as VM ``name`` in
+        ``base_folder/name``; return the paths of the hard disk images VirtualBox made for it."""
+        raise Unsupported("virtualbox", "import_appliance", "this transport has no appliance import")
+
     @abstractmethod
     def vm_pid(self, vm: str, info: VMInfo) -> int | None:
         """The host process running the machine, if VirtualBox says."""

@@ -22,6 +22,7 @@ import functools
 import locale
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,7 @@ log = logging.getLogger("vmctl.virtualbox")
 
 CONTROLLER = "SATA"
 STARTED = "has been successfully started"
+_IMPORTED_DISK = re.compile(r"^ *\d+: Hard disk image: source image=.*?, target path=(.+), controller=[^,\n]*$", re.M)
 
 
 @functools.lru_cache(maxsize=1)
@@ -428,6 +430,19 @@ class VBoxManageTransport(Transport):
 
     def snapshot_delete(self, vm: str, snapshot_uuid: str, timeout: float) -> None:
         self.run(["snapshot", vm, "delete", snapshot_uuid], timeout=timeout, machine=vm, verb="delete_snapshot")
+
+    def import_appliance(self, descriptor: Path, name: str, base_folder: Path, timeout: float) -> list[Path]:
+        """``VBoxManage import FILE --vsys 0 --vmname NAME --basefolder DIR``: VBoxManageAppliance.cpp
+        first prints what it read, one line per disk ``Hard disk image: source image=..., target
+        path=..., controller=...`` among them, then imports (converting each disk into the VM's
+        folder); the target paths are the VM's disks."""
+        proc = self.run(
+            ["import", str(descriptor), "--vsys", "0", "--vmname", name, "--basefolder", str(base_folder)],
+            timeout=timeout,
+            machine=name,
+            verb="create",
+        )
+        return [Path(m.group(1)) for m in _IMPORTED_DISK.finditer(proc.stdout)]
 
     def unregister_delete(self, vm: str, timeout: float) -> None:
         self.run(["unregistervm", vm, "--delete"], timeout=timeout, machine=vm, verb="destroy")

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from vmctl.backend.locking import flocked
 from vmctl.backend.store import MachineStore, atomic_write, default_state_dir
@@ -151,6 +152,11 @@ class VmwareHypervisor(Hypervisor):
             }
             atomic_write(tmp / "machine.json", json.dumps(record, indent=1, sort_keys=True).encode())
         return VmwareMachine(self, spec.name)
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        from ._appliance import import_appliance
+
+        return import_appliance(self, path, name, spec, timeout)
 
     # -- base VMs for linked clones ---------------------------------------------------------
     def _ensure_base(self, disk: Path) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vmctl.errors import BackendError, InvalidSpec, MachineExists, MachineNotFound, Unsupported, VmctlError
-from vmctl.interface import Hypervisor
+from vmctl.interface import Hypervisor, Machine
 from vmctl.types import USAGE_FIELDS, Capabilities, MachineSpec, State
 
 from ._disk import DESCRIPTOR_NAME, EXTENT_NAME, DiskImage, inspect_disk
@@ -480,6 +480,11 @@ class VSphereHypervisor(Hypervisor):
                 log.warning("vsphere: cleaning up the half-made VM %s failed: %s", spec.name, exc)
             raise
         return vm
+
+    def _do_import_appliance(self, path: Path, name: str | None, spec: dict[str, Any], timeout: float) -> Machine:
+        from ._appliance import import_appliance
+
+        return import_appliance(self, path, name, spec, timeout)
 
     def _settle_duplicates(self, vm: VSphereMachine) -> None:
         """Keep one VM per name: real vSphere refuses a duplicate in a folder, vcsim 0.24.2 does not.

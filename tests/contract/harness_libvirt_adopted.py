@@ -5,6 +5,7 @@ in-process mock driver), and then opened with ``hv.machine(name)``."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -108,8 +109,9 @@ class LibvirtQemuAdoptedHarness(LibvirtQemuHarness):
     def setup(self, tmp: Path) -> None:
         super().setup(tmp)
         load_services().ensure_libvirtd()
-        self.disks = ADOPT_ROOT / f"vmctl-adopt-{tmp.name}"
-        self.disks.mkdir(mode=0o711, exist_ok=True)
+        # unique on the host: every pytest process (xdist workers, other runs) has its own tmp.name
+        # "harness-libvirt-qemu-adopted0", and one's teardown would delete another's overlays
+        self.disks = Path(tempfile.mkdtemp(prefix=f"vmctl-adopt-{tmp.name}-", dir=ADOPT_ROOT))
         self.disks.chmod(0o711)
 
     def create(self, spec: vmctl.MachineSpec) -> vmctl.Machine:

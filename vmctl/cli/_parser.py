@@ -20,6 +20,7 @@ from ._commands import (
     _cmd_usage,
     _verb,
 )
+from ._import import add_import_parser
 from ._top import _cmd_top
 
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         q = snap.add_parser(action, parents=[timeout_parent], help=text)
         q.add_argument("name")
         q.add_argument("snapshot")
+
+    add_import_parser(sub, timeout_parent)
 
     p = sub.add_parser("usage", parents=[json_parent], help="resource usage of machines (all by default)")
     p.add_argument("names", nargs="*", metavar="NAME")
