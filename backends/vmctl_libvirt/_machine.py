@@ -20,6 +20,7 @@ from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from ._adopt import disk_files, has_nvram, spec_from_domain
 from ._races import create_snapshot, delete_snapshot, list_snapshots, raise_if_lost_race, revert_to
+from ._screenshot import screenshot_of
 from ._xml import (
     NIC_ALIAS,
     NS_CRASH_ACK,
@@ -341,6 +342,9 @@ class LibvirtMachine(Machine):
             paths.append(str(saved))
             total += _allocated(str(saved))
         return DiskUsage(self.name, total, tuple(paths))
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return self._call("screenshot", lambda dom: screenshot_of(dom, self.hypervisor.name), "screenshot")
 
     def _do_set_network(self, enabled: bool) -> None:
         alias = NIC_ALIAS if self.managed else None
