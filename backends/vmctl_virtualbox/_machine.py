@@ -384,6 +384,12 @@ class VirtualBoxMachine(Machine):
         ram = metrics.get("RAM/Usage/Used")
         return Usage(machine=self.name, memory_bytes=int(ram[0] * 1024) if ram and ram[1] == "kB" else None)
 
+    def _do_screenshot(self, timeout: float) -> bytes:
+        try:
+            return self.transport.screenshot_png(self.name, max(timeout, 1.0))
+        except InvalidState as exc:
+            raise self._invalid("screenshot", exc) from None
+
     def _do_set_network(self, enabled: bool) -> None:
         self._control("set_network", "setlinkstate1", "on" if enabled else "off")
 
