@@ -117,6 +117,13 @@ class VSphereMachine(Machine):
         return {str(o.key): str(o.value) for o in options}
 
     # -- what vmctl asks -----------------------------------------------------------------------
+    def _why(self, capability: str) -> str:
+        if capability == "screenshot":
+            # CreateScreenshot_Task exists in vSphere, but vcsim (the only vSphere vmctl is
+            # tested against) does not implement it: vmctl does not offer what it cannot test
+            return "CreateScreenshot_Task is not implemented by vcsim, against which this backend is tested"
+        return ""
+
     @property
     def spec(self) -> MachineSpec:
         """The spec the VM was created from; for a VM vmctl did not create, one describing it."""
