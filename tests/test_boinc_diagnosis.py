@@ -15,6 +15,7 @@ import pytest
 
 import vmctl
 from tests.test_boinc_adapter import Env, make_env, started
+from tests.test_virtualbox_quirks import Sim, sim  # noqa: F401 (the fixture)
 from vmctl.boinc._diagnosis import LOG_TAIL_LINES, SCREENSHOT_FILE, diagnose, hypervisor_log_tail
 from vmctl.boinc.adapter import Adapter
 from vmctl.boinc.initdata import read_init_data
@@ -137,3 +138,16 @@ def test_the_log_tail_is_the_last_lines_and_at_most_8_kib() -> None:
     assert machine.asked == [8192]
     long_line = _Logged("x" * 20000 + "\nlast\n")
     assert hypervisor_log_tail(long_line) == ["last"]  # type: ignore[arg-type]
+
+
+def test_on_virtualbox_the_screen_and_vbox_log(sim: Sim, tmp_path: Path) -> None:  # noqa: F811 (the fixture)
+    """The VBoxManage simulator: ``controlvm screenshotpng`` and the VM's ``Logs/VBox.log``."""
+    vm = sim.hv.create(sim.spec("diag1"))
+    vm.start()
+    slot = tmp_path / "slot"
+    slot.mkdir()
+    diagnose(vm, slot)
+    shot = vmctl.Screenshot((slot / SCREENSHOT_FILE).read_bytes())
+    assert (shot.width, shot.height) == (720, 400)
+    assert any("Process ID:" in line for line in hypervisor_log_tail(vm))
+    vm.poweroff()
