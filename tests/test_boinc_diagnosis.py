@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import vmctl
+from tests.contract.harness_libvirt import load_services, readable_test_guest
 from tests.test_boinc_adapter import Env, make_env, started
 from tests.test_virtualbox_quirks import Sim, sim  # noqa: F401 (the fixture)
 from vmctl.boinc._diagnosis import LOG_TAIL_LINES, SCREENSHOT_FILE, diagnose, hypervisor_log_tail
@@ -151,3 +152,22 @@ def test_on_virtualbox_the_screen_and_vbox_log(sim: Sim, tmp_path: Path) -> None
     assert (shot.width, shot.height) == (720, 400)
     assert any("Process ID:" in line for line in hypervisor_log_tail(vm))
     vm.poweroff()
+
+
+def test_on_libvirt_the_screen_and_libvirts_qemu_log(tmp_path: Path) -> None:
+    """A real libvirtd (``qemu:///system``): ``virDomainScreenshot`` and libvirt's log of the
+    domain's QEMU (the command line it started)."""
+    load_services().ensure_libvirtd()
+    kernel, initrd, disk, cmdline = readable_test_guest()
+    hv = vmctl.connect("libvirt", uri="qemu:///system", state_dir=Path("/var/lib/libvirt/images/vmctl"))
+    name = f"vmctl-diag-{os.getpid()}"
+    vm = hv.create(vmctl.MachineSpec(name=name, disk=disk, kernel=kernel, initrd=initrd, cmdline=cmdline))
+    try:
+        vm.start()
+        slot = tmp_path / "slot"
+        slot.mkdir()
+        diagnose(vm, slot)
+        assert vmctl.Screenshot((slot / SCREENSHOT_FILE).read_bytes()).width >= 640
+        assert any("qemu-system" in line or "-name" in line for line in hypervisor_log_tail(vm))
+    finally:
+        vm.destroy()
