@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 import vmctl
+from tests.vcsim import Vcsim, vcsim_fixture
 from vmctl.errors import BackendError
 from vmctl.screenshot import PNG_SIGNATURE, Screenshot, as_png, encode_png, png_from_ppm, read_bounded
 from vmctl.testing._png import colours, pixel_rows
 from vmctl_qemu._screenshot import display_argv
+from vmctl_vsphere._machine import split_datastore_path
 
 
 def test_encode_and_read_back() -> None:
@@ -109,3 +111,28 @@ def test_an_adopted_qemu_without_a_display_refuses_screenshots(tmp_path: Path) -
     finally:
         qemu.kill()
         qemu.wait()
+
+
+vcsim = vcsim_fixture(vms=0)
+
+
+def test_vsphere_downloads_datastore_files_bounded(vcsim: Vcsim) -> None:
+    """What a vSphere screenshot is read through (vcsim lacks ``CreateScreenshot_Task`` itself:
+    the contract suite expects ``Unsupported`` there): a bounded GET of a datastore file."""
+    hv = vcsim.connect(folder="screens")
+    try:
+        _, datastore = hv._pick_datastore()
+        png = encode_png(4, 3, bytes(36))
+        hv.session.upload(hv.datacenter_path, datastore, "vmctl-screen-test.png", png, 30)
+        assert hv.session.download(hv.datacenter_path, datastore, "vmctl-screen-test.png", len(png), 30) == png
+        with pytest.raises(BackendError, match="larger than"):
+            hv.session.download(hv.datacenter_path, datastore, "vmctl-screen-test.png", len(png) - 1, 30)
+        with pytest.raises(BackendError, match="HTTP 404"):
+            hv.session.download(hv.datacenter_path, datastore, "vmctl-screen-none.png", 100, 30)
+        hv.delete_datastore_path(datastore, "vmctl-screen-test.png", 30)
+    finally:
+        hv.close()
+    assert split_datastore_path("[datastore1] vm 1/vm 1-1.png") == ("datastore1", "vm 1/vm 1-1.png")
+    for bad in ("datastore1 x.png", "[] x.png", "[ds] ", "[ds] ../x.png"):
+        with pytest.raises(BackendError):
+            split_datastore_path(bad)
