@@ -1,6 +1,8 @@
 """Diagnosis on errors (issue 14): a task that ends in error leaves the VM's screen in the slot
-(``vm_screenshot.png``) and the hypervisor's log tail in stderr.txt; on real QEMU with the test
-guest, and the best-effort rules on the in-memory backend."""
+(``vm_screenshot.png``) and the hypervisor's log tail in stderr.txt: end to end through the
+adapter on real QEMU with the test guest; the screen and log of a libvirt domain (real libvirtd)
+and of a VirtualBox VM (the VBoxManage simulator); the best-effort rules on the in-memory
+backend."""
 
 from __future__ import annotations
 
