@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, QMPError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -96,16 +96,22 @@ def main() -> None:
         hv = vmctl.connect("qemu", state_dir=root / "state", accel="tcg")
         vm = hv.create(spec)
         loop = asyncio.new_event_loop()
+        for sock in ("qmp.sock", "state.sock"):
+            (raw_dir / sock).unlink(missing_ok=True)  # left by the last boot's QEMU
         raw = subprocess.Popen(vga, cwd=raw_dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
             vm.start()
             client = QMPClient("bench")
             deadline = time.monotonic() + 30
-            while not (raw_dir / "qmp.sock").exists():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the raw QEMU opened no monitor")
-                time.sleep(0.01)
-            loop.run_until_complete(client.connect(str(raw_dir / "qmp.sock")))
+            while True:
+                try:
+                    loop.run_until_complete(client.connect(str(raw_dir / "qmp.sock")))
+                    break
+                except QMPError:
+                    if time.monotonic() > deadline:
+                        raise
+                    client = QMPClient("bench")
+                    time.sleep(0.01)
             target = raw_dir / "screen.png"
 
             def raw_shot() -> None:
