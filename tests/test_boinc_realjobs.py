@@ -83,7 +83,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "completion": "shutdown",
         "checkpoints": False,
         "refused": set(),
-        "notes": {"enable_remotedesktop", "enable_screenshots_on_error"},
+        "notes": {"enable_remotedesktop"},
     },
     "boinc2docker_app.xml": {
         "memory": 1024,

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, SnapshotExists, Unsupported
+from vmctl.screenshot import Screenshot
 from vmctl.types import (
     SPEC_FEATURES,
     Capabilities,
@@ -78,6 +79,7 @@ ALLOWED_FROM: Mapping[str, tuple[State, ...]] = {
     "delete_snapshot": (_S.STOPPED, _S.RUNNING, _S.PAUSED, _S.SUSPENDED, _S.CRASHED),
     "set_network": (_S.RUNNING, _S.PAUSED),
     "set_cpu_limit": (_S.STOPPED, _S.RUNNING, _S.PAUSED, _S.SUSPENDED),
+    "screenshot": (_S.RUNNING, _S.PAUSED),
 }
 
 POLL_INTERVAL = 0.05
@@ -212,6 +214,11 @@ class Machine(ABC):
     def _do_set_cpu_limit(self, percent: int) -> None:
         """Cap CPU use at ``percent`` (1-100, validated), from any state but CRASHED."""
         raise Unsupported(self.hypervisor.name, "set_cpu_limit")
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        """The guest's screen now, as PNG bytes, of a RUNNING or PAUSED machine. Only called
+        where ``capabilities.screenshot`` is True."""
+        raise Unsupported(self.hypervisor.name, "screenshot")
 
     def _get_pid(self) -> int | None:
         """The host process running the machine, or None. A read that changes nothing."""
@@ -403,6 +410,17 @@ class Machine(ABC):
         if not self.capabilities.disk_usage:
             raise Unsupported(self.hypervisor.name, "disk_usage")
         return self._do_disk_usage()
+
+    def screenshot(self, timeout: float = 30) -> Screenshot:
+        """The guest's screen now, as a :class:`~vmctl.screenshot.Screenshot` (PNG bytes in
+        ``.png``, shown as an image in a notebook), of a RUNNING or PAUSED machine.
+
+        Raises :class:`Unsupported` where the backend or this machine has no screen to read
+        (``capabilities.screenshot``), :class:`InvalidState` in any other state.
+        """
+        with self._checked("screenshot", timeout, self.capabilities.screenshot, self._why("screenshot")):
+            png = self._do_screenshot(timeout)
+        return Screenshot(png)
 
     def set_network(self, enabled: bool) -> None:
         """Set the guest's network link up or down (a cable pulled, the NIC still there)."""

@@ -408,6 +408,8 @@ class Capabilities:
     direct_disk: bool = True
     disk_usage: bool = False
     """:meth:`vmctl.Machine.disk_usage` knows the bytes the backend's files of a machine use."""
+    screenshot: bool = False
+    """:meth:`vmctl.Machine.screenshot` reads the guest's screen as PNG."""
 
     def refused_features(self, spec: MachineSpec) -> list[str]:
         """The :data:`SPEC_FEATURES` that ``spec`` uses and these capabilities lack."""

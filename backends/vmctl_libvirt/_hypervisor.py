@@ -161,12 +161,16 @@ class LibvirtHypervisor(Hypervisor):
                 events=True,
                 usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
                 disk_usage=True,
+                screenshot=True,
             )
         if self.driver == "TEST":
             # The mock driver keeps states, snapshots and managed saves but has no guest: it
             # cannot change a NIC's link (virDomainUpdateDeviceFlags is not implemented) and
             # reports no statistics besides the state.
-            return Capabilities(network_toggle=False, events=True, usage_fields=frozenset(), disk_usage=True)
+            # Its screenshot is a fixed picture (libvirt's test-screenshot.png).
+            return Capabilities(
+                network_toggle=False, events=True, usage_fields=frozenset(), disk_usage=True, screenshot=True
+            )
         # Other hypervisor drivers (xen, ch, lxc...) are untested: offer the common verbs only.
         return Capabilities(
             suspend=True,

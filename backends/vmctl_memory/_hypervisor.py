@@ -27,7 +27,9 @@ class MemoryHypervisor(Hypervisor):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(cpu_limit=True, usage_fields=frozenset({"cpu_seconds", "memory_bytes"}), disk_usage=True)
+        return Capabilities(
+            cpu_limit=True, usage_fields=frozenset({"cpu_seconds", "memory_bytes"}), disk_usage=True, screenshot=True
+        )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
         with LOCK:

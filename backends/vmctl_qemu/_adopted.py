@@ -49,6 +49,7 @@ from vmctl.interface import Machine
 from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage, validate_name
 
 from . import _qmp
+from ._screenshot import screendump
 from ._sequences import (
     RUNSTATES,
     cont_after_reset,
@@ -529,6 +530,9 @@ class AdoptedQemuMachine(Machine):
         """What vmctl keeps for the machine: its record directory (and a suspended machine's saved
         state there); the adopted QEMU's own disk is its owner's, never counted."""
         return DiskUsage(self.name, allocated_bytes([self.dir]) or 0, (str(self.dir),))
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return screendump(self._monitor, self.hypervisor.name, timeout)
 
     def _do_set_network(self, enabled: bool) -> None:
         with self._monitor() as s:

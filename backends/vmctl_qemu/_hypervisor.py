@@ -16,6 +16,7 @@ from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec
 
 from ._command import resolve_accel
+from ._screenshot import DISPLAY_KEY
 
 log = logging.getLogger("vmctl.qemu")
 
@@ -98,6 +99,7 @@ class QemuHypervisor(Hypervisor):
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,
+            screenshot=True,
         )
 
     def image_format(self, path: Path) -> str:
@@ -114,6 +116,7 @@ class QemuHypervisor(Hypervisor):
             "status": "stopped",
             "run_id": None,
             "notes": {},
+            DISPLAY_KEY: "vga",
         }
         try:
             return self._create(spec, record)

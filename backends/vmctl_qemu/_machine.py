@@ -65,6 +65,7 @@ from ._launcher import (
     terminate,
 )
 from ._recovery import has_leftovers, settle
+from ._screenshot import DISPLAY_KEY, NO_DISPLAY, screendump
 from ._sequences import (
     RUNSTATES,
     cont_after_reset,
@@ -180,7 +181,9 @@ class QemuMachine(Machine):
     def capabilities(self) -> Capabilities:
         caps = self.hypervisor.capabilities
         if self._why("snapshots"):
-            return caps.without("snapshots", "live_snapshots")
+            caps = caps.without("snapshots", "live_snapshots")
+        if self._why("screenshot"):
+            caps = caps.without("screenshot")
         return caps
 
     def _why(self, capability: str) -> str:
@@ -188,6 +191,8 @@ class QemuMachine(Machine):
             rec = self._record()
             if rec.get("disk") is None or rec.get("disk_format") != "qcow2":
                 return _NO_SNAPSHOTS
+        if capability == "screenshot" and self._record().get(DISPLAY_KEY) != "vga":
+            return NO_DISPLAY
         return ""
 
     @property
@@ -504,6 +509,9 @@ class QemuMachine(Machine):
         return usage_of_process(self.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write)
 
     @_typed_os_errors
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return screendump(self._monitor, self.hypervisor.name, timeout)
+
     def _do_set_network(self, enabled: bool) -> None:
         with self._monitor() as s:
             s.execute("set_link", {"name": NIC_NETDEV, "up": enabled})

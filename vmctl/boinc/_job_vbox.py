@@ -63,7 +63,8 @@ VBOX_KEYS: Mapping[str, str] = {
     "enable_nat_dns_host_resolver": "ignored: NAT DNS is the backend's default",
     "enable_remotedesktop": "ignored: no remote desktop yet (vboxwrapper too runs without one when "
     "VirtualBox's extension pack is missing)",
-    "enable_screenshots_on_error": "ignored: no screenshot; the guest console's tail is written to stderr.txt",
+    "enable_screenshots_on_error": "honoured: on every error (set or not) the VM's screen is saved in the slot "
+    "as vm_screenshot.png; the guest console's and the hypervisor's log tails go to stderr.txt",
     "enable_graphics_support": "ignored: the VM is headless",
 }
 
