@@ -272,6 +272,18 @@ class GuestFiles:
             log.info("output %s -> %s (%d bytes)", out.source, out.target, size)
         return missing
 
+    def copy_to_output(self, source: str, target: str) -> int:
+        """Copy the guest's ``source`` (in the shared directory) to the result's output ``target``
+        now (an intermediate upload); returns its size. Raises :class:`UnsafeFile` (a link, not a
+        regular file, over the bound), :class:`Fatal` (a target outside the task's files or over
+        an input) or :class:`OSError`."""
+        shared = self.shared_path
+        if shared is None:
+            raise FileNotFoundError(errno.ENOENT, "no shared directory", source)
+        task = self._task
+        limit = int(task.init.rsc_disk_bound) if task.init.rsc_disk_bound > 0 else DEFAULT_OUTPUT_MAX
+        return copy_bounded(shared, source, self._output_target(target, self._inputs()), limit)
+
     def _inputs(self) -> set[str]:
         """The files the task reads (the job file, images, files copied to the guest)."""
         job, slot = self._task.job, self._task.slot

@@ -54,8 +54,10 @@ VBOX_KEYS: Mapping[str, str] = {
     "enable_isocontextualization": "refused: no contextualisation ISO (CD-ROM) yet",
     "boot_iso": "refused: the VM boots its disk image or a kernel, not an ISO",
     "network_bridged_mode": "refused: only NAT networking is available",
-    "trickle_trigger_file": "refused: trickle messages are not sent yet",
-    "intermediate_upload_file": "refused: intermediate uploads are not requested yet",
+    "trickle_trigger_file": "partial: each file of this name in the shared directory is sent as a trickle-up "
+    "(variety: its name) and deleted, as vboxwrapper does; may repeat",
+    "intermediate_upload_file": "partial: when the guest writes this result output to the shared directory it is "
+    "copied to the output and uploaded before the task ends (boinc_upload_file); may repeat",
     "vm_disk_controller_type": "ignored: vmctl picks the disk controller (virtio)",
     "vm_disk_controller_model": "ignored: vmctl picks the disk controller (virtio)",
     "vram_size_mb": "ignored: the VM is headless",
@@ -72,7 +74,7 @@ VBOX_OPTIONS: Mapping[str, str] = {
     "--nthreads": "honoured: the VM's CPUs (overrides the job file)",
     "--memory_size_mb": "honoured: the VM's memory (overrides the job file)",
     "--vmimage": "honoured: without multiattach_vdi_file the image is vm_image_N.vdi",
-    "--trickle": "refused: elapsed-time trickles are not sent yet",
+    "--trickle": "honoured: every X s of elapsed time a trickle-up of variety cpu_time, as vboxwrapper sends it",
     "--register_only": "refused: vmctl-boinc registers no VM without running it",
     "--sporadic": "refused: sporadic apps are not supported yet",
 }
@@ -130,6 +132,8 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     refused: list[str] = []
     forwards: list[PortForwardSpec] = []
     copy: list[str] = []
+    trickles: list[str] = []
+    uploads: list[str] = []
     pf_guest = 0
     for el in root:
         tag = el.tag
@@ -194,6 +198,12 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             pass  # always the behaviour
         elif tag == "disable_automatic_checkpoints":
             values["checkpoints"] = not _xml_bool(el)
+        elif tag == "trickle_trigger_file":
+            if _xml_str(el):
+                trickles.append(relative_name(f"{source}: <{tag}>", _xml_str(el)))
+        elif tag == "intermediate_upload_file":
+            if _xml_str(el):
+                uploads.append(_plain_file_name(source, tag, _xml_str(el)))
     memory = values.get("memory_mib", 0)
     if memory < VBOX_MIN_MEMORY_MB:
         if memory:  # vboxwrapper.cpp: "Memory size %dMB is too small; setting to %dMB"
@@ -201,6 +211,12 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
         values["memory_mib"] = VBOX_MIN_MEMORY_MB
     if pf_guest:
         forwards.append(PortForwardSpec(guest_port=pf_guest))
+        # vboxwrapper: the pf_guest_port forward is the task's web graphics (http://localhost:<host port>)
+        values["web_graphics_guest_port"] = pf_guest
+    if trickles:
+        values["trickle_trigger_files"] = tuple(trickles)
+    if uploads:
+        values["intermediate_upload_files"] = tuple(uploads)
     if forwards:
         values["port_forwards"] = tuple(forwards)
         values["network"] = True

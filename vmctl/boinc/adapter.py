@@ -76,6 +76,7 @@ from vmctl.boinc._suspension import CYCLE_LOG_INTERVAL as CYCLE_LOG_INTERVAL
 from vmctl.boinc._suspension import PARK_DELAY as PARK_DELAY
 from vmctl.boinc._suspension import Suspension
 from vmctl.boinc._task import Clock, Sleep, Task
+from vmctl.boinc._trickles import Transfers
 from vmctl.boinc._vmpolicy import SAVE_RETRY_PAUSE as SAVE_RETRY_PAUSE
 from vmctl.boinc._vmpolicy import SAVE_RETRY_TIME as SAVE_RETRY_TIME
 from vmctl.boinc._vmpolicy import VmPolicy
@@ -137,6 +138,7 @@ class Adapter:
         reap_at_start: bool = True,
         cmdline_args: Sequence[str] = (),
         profile: Profile | None = None,
+        trickle_period: float = 0.0,
     ) -> None:
         # The host's profile gives the backend; without one (a library caller) the job's backend
         # name is used with that backend's own defaults.
@@ -172,6 +174,7 @@ class Adapter:
         self._status = StatusReports(shm, self._task, self._cpu, self._files, self._policy)
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
+        self._transfers = Transfers(self._task, self._files, shm, trickle_period)
         self._disk = DiskBound(
             vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now, machine=lambda: self._policy.vm
         )
@@ -327,6 +330,7 @@ class Adapter:
                 f"backend: {'; '.join(job.refused)}. The task fails now rather than run a VM that waits for it"
             )
         task.adopt_previous_record()
+        self._transfers.start()
         if not task.state.extra.get("notes_said"):
             for note in job.notes:
                 log.warning("job file: %s", note)
@@ -414,6 +418,7 @@ class Adapter:
         beat = self.shm.receive(Channel.HEARTBEAT)
         if beat is not None:
             self._heartbeat(beat, now)
+        self._transfers.receive()
         if self.quit_requested is not None:
             self._endings.save_and_exit(self.quit_requested, temporary=False)
         if now >= self._next_slow:
@@ -497,6 +502,7 @@ class Adapter:
             self._endings.duration_reached(duration)
         fraction = self._files.update_progress(self._cpu.elapsed())
         if not self.suspended:
+            self._transfers.poll(self._cpu.elapsed())
             self._status.send()
             if self._checkpoints.due(now) and state is vmctl.State.RUNNING:
                 self._checkpoints.take(self._policy.machine)
