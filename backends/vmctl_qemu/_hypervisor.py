@@ -98,6 +98,7 @@ class QemuHypervisor(Hypervisor):
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,
+            remote_desktop=True,
         )
 
     def image_format(self, path: Path) -> str:

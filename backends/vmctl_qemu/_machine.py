@@ -303,6 +303,15 @@ class QemuMachine(Machine):
         proc = self._process(rec)
         return proc.pid if proc is not None else None
 
+    @_typed_os_errors
+    def _get_remote_desktop_address(self) -> str | None:
+        # QEMU picked the display itself (-vnc 127.0.0.1:0,to=...): ask it which.
+        with _qmp.session(self.dir / STATE_SOCKET, 5) as s:
+            vnc = s.execute("query-vnc", timeout=5)
+        if not vnc.get("enabled") or not str(vnc.get("service", "")).isdigit():
+            return None
+        return f"127.0.0.1:{vnc['service']}"
+
     def _monitor(self, timeout: float = 10) -> contextlib.AbstractContextManager[_qmp.QmpSession]:
         return _qmp.session(self.dir / QMP_SOCKET, timeout)
 

@@ -39,7 +39,8 @@ VBOX_KEYS: Mapping[str, str] = {
     "enable_scratch_directory": "partial: <project>/scratch is shared as tag 'scratch'",
     "copy_to_shared": "partial: copied into the shared directory at the first start",
     "copy_cmdline_to_shared": "partial: the command line is written to shared/cmdline",
-    "pf_guest_port": "honoured: a loopback port forward",
+    "pf_guest_port": "honoured: a loopback port forward, sent to the client as the task's web graphics URL "
+    "(http://localhost:PORT; not when the app version has a graphics_app), as vboxwrapper does",
     "pf_host_port": "honoured as vboxwrapper does: the number is not bound; a free port is picked when the VM is "
     "made, kept for the task and logged",
     "port_forward": "honoured: guest_port/nports; each host port is picked free (never the literal number); "
@@ -63,8 +64,9 @@ VBOX_KEYS: Mapping[str, str] = {
     "vram_size_mb": "ignored: the VM is headless",
     "vm_network_driver": "ignored: vmctl picks the network card (virtio)",
     "enable_nat_dns_host_resolver": "ignored: NAT DNS is the backend's default",
-    "enable_remotedesktop": "ignored: no remote desktop yet (vboxwrapper too runs without one when "
-    "VirtualBox's extension pack is missing)",
+    "enable_remotedesktop": "partial: QEMU serves the VM's screen by VNC on 127.0.0.1 at a port free at each start, "
+    "sent to the client as remote_desktop_addr (localhost:PORT, as vboxwrapper); other backends run without, said once "
+    "(as vboxwrapper does without VirtualBox's extension pack)",
     "enable_screenshots_on_error": "ignored: no screenshot; the guest console's tail is written to stderr.txt",
     "enable_graphics_support": "ignored: the VM is headless",
 }
@@ -81,6 +83,9 @@ VBOX_OPTIONS: Mapping[str, str] = {
 
 #: vboxwrapper.h's MIN_MEMORY_SIZE_MB: no VM of a vbox_job.xml gets less.
 VBOX_MIN_MEMORY_MB = 512
+
+#: Keys honoured on some backends only, for another reason than shared folders.
+_PARTIAL_WITHOUT_SHARES = frozenset({"enable_remotedesktop"})
 
 _BOOL_REFUSED = (
     "enable_floppyio",
@@ -198,6 +203,8 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             pass  # always the behaviour
         elif tag == "disable_automatic_checkpoints":
             values["checkpoints"] = not _xml_bool(el)
+        elif tag == "enable_remotedesktop":
+            values["remote_desktop"] = _xml_bool(el)
         elif tag == "trickle_trigger_file":
             if _xml_str(el):
                 trickles.append(relative_name(f"{source}: <{tag}>", _xml_str(el)))
@@ -226,7 +233,11 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     values["refused"] = tuple(refused)
     if any(values.get(k) for k in ("shared_dir", "share_slot_dir", "share_project_dir", "scratch_dir")):
         values["share_keys"] = tuple(
-            dict.fromkeys(el.tag for el in root if VBOX_KEYS.get(el.tag, "").startswith("partial"))
+            dict.fromkeys(
+                el.tag
+                for el in root
+                if VBOX_KEYS.get(el.tag, "").startswith("partial") and el.tag not in _PARTIAL_WITHOUT_SHARES
+            )
         )
     return Job(**values).check()
 

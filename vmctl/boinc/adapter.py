@@ -47,6 +47,7 @@ from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._diskuse import DiskBound, vm_file_roots
 from vmctl.boinc._endings import Endings
+from vmctl.boinc._graphics import Graphics
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
 from vmctl.boinc._guestfiles import GuestFiles
@@ -175,6 +176,7 @@ class Adapter:
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
         self._transfers = Transfers(self._task, self._files, shm, trickle_period)
+        self._graphics = Graphics(self._task, shm)
         self._disk = DiskBound(
             vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now, machine=lambda: self._policy.vm
         )
@@ -364,7 +366,7 @@ class Adapter:
         except vmctl.MachineNotFound:
             if task.state.booted:
                 log.warning("the VM %s of this task is gone; starting its work afresh", task.vm_name)
-            self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
+            self._policy.vm = create_machine(hv, task, self._spec(hv))
             self._first_boot(hv)
         else:
             self._bring_up()
@@ -390,7 +392,13 @@ class Adapter:
                     raise
                 log.warning("a port picked for the VM was taken by another process; picking again (%s)", cause)
                 self._policy.machine.destroy()
-                self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
+                self._policy.vm = create_machine(hv, task, self._spec(hv))
+
+    def _spec(self, hv: vmctl.Hypervisor) -> vmctl.MachineSpec:
+        spec = machine_spec(self._task, self._files.shared_path)
+        if self._graphics.remote_desktop(hv.capabilities):
+            spec = dataclasses.replace(spec, remote_desktop=True)
+        return spec
 
     def _bring_up(self) -> None:
         """Finish if the guest did so while no adapter was watching; otherwise get the VM RUNNING."""
@@ -503,6 +511,7 @@ class Adapter:
         fraction = self._files.update_progress(self._cpu.elapsed())
         if not self.suspended:
             self._transfers.poll(self._cpu.elapsed())
+            self._graphics.poll(self._policy.vm, self._policy.pid)
             self._status.send()
             if self._checkpoints.due(now) and state is vmctl.State.RUNNING:
                 self._checkpoints.take(self._policy.machine)

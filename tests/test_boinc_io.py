@@ -100,7 +100,9 @@ def test_trickle_option_sends_the_elapsed_time_periodically(env: Env) -> None:
     times = [float(t.split("<cpu_time>")[1].split("<")[0]) for t in sent]
     assert 5.0 <= times[0] < 7.0 and 10.0 <= times[1] < 12.0, times
     record = TaskState.load(env.slot / STATE_FILE)
-    assert record is not None and record.extra["last_trickle_elapsed"] == pytest.approx(times[1]), "kept across restarts"
+    assert record is not None and record.extra["last_trickle_elapsed"] == pytest.approx(times[1]), (
+        "kept across restarts"
+    )
 
 
 def test_intermediate_upload_copies_the_output_requests_it_and_reads_the_status(
@@ -154,3 +156,45 @@ def test_vbox_job_trickle_upload_and_graphics_keys() -> None:
     assert job.intermediate_upload_files == ("out_1",)
     assert job.web_graphics_guest_port == 80
     assert not job.refused
+
+
+# -- graphics --------------------------------------------------------------------------------------
+
+
+def test_the_web_graphics_url_is_the_forwarded_port_and_sent_once(env: Env) -> None:
+    env.write_job("network = true\nweb_graphics_guest_port = 80\n[[port_forward]]\nguest_port = 80\n")
+    adapter = started(env)
+    env.run(adapter, 1.1)
+    host_port = adapter.state.extra["host_ports"]["80"]
+    assert env.vm().spec.network is not None
+    assert [pf.host_port for pf in env.vm().spec.network.port_forwards] == [host_port]
+    assert (
+        env.client.shm.receive(Channel.GRAPHICS_REPLY)
+        == f"<web_graphics_url>http://localhost:{host_port}</web_graphics_url>"
+    )
+    env.run(adapter, 2.1)
+    assert env.client.shm.receive(Channel.GRAPHICS_REPLY) is None, "said once"
+
+
+def test_no_web_graphics_url_when_the_app_has_its_own_graphics(env: Env) -> None:
+    env.write_job("network = true\nweb_graphics_guest_port = 80\n[[port_forward]]\nguest_port = 80\n")
+    (env.slot / "graphics_app").write_text("<soft_link>../../projects/p/gfx</soft_link>\n")
+    adapter = started(env)
+    env.run(adapter, 2.1)
+    assert env.client.shm.receive(Channel.GRAPHICS_REPLY) is None
+
+
+def test_a_backend_without_remote_desktop_runs_the_task_without(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.write_job("remote_desktop = true")
+    adapter = started(env)
+    assert env.run(adapter, 2.1) is None
+    assert env.vm().spec.remote_desktop is False
+    assert "the memory backend has no" in caplog.text and "remote desktop" in caplog.text
+    assert env.client.shm.receive(Channel.GRAPHICS_REPLY) is None
+
+
+def test_web_graphics_needs_its_port_forward() -> None:
+    from vmctl.boinc.job import JobError, parse_toml
+
+    with pytest.raises(JobError, match="needs a port forward"):
+        parse_toml('image = "d"\nweb_graphics_guest_port = 80\n')

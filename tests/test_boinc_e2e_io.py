@@ -1,0 +1,133 @@
+"""What reaches the real BOINC client from a running task (issue 14): the web graphics URL and the
+remote desktop address the Manager's buttons use, trickle-ups and an intermediate upload. The VM
+is the test guest on QEMU (TCG); the test writes the guest's files into the shared directory.
+
+Without a project server the client cannot deliver a trickle or finish an upload; what it does
+observably is asserted instead: it logs each message (``app_msg_receive``), moves the trickle
+into the project directory as ``trickle_up_<result>_<time>.xml`` (what its next scheduler request
+sends), deletes the upload request file once it has checked the output file, and shows the
+graphics fields in its GUI RPC replies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import vmctl
+from vmctl.testguest import TestGuest, ensure_test_guest
+
+from .boinc_peer import BoincPeer, Task, boinc_available
+from .test_boinc_e2e import Watch, alive
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(boinc_available() is not None, reason=str(boinc_available())),
+]
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[BoincPeer | Watch]]:
+    """Quit/kill the client, then kill any VM process a failed test left."""
+    things: list[BoincPeer | Watch] = []
+    yield things
+    for thing in things:
+        if isinstance(thing, BoincPeer):
+            thing.close()
+    for thing in things:
+        if isinstance(thing, Watch):
+            for proc in thing.procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()  # psutil checks that it is still the same process
+
+
+def job_toml(guest: TestGuest) -> str:
+    return f"""\
+backend = "qemu"
+image = "disk.qcow2"
+kernel = "vmlinuz"
+initrd = "initrd.img"
+cmdline = "{guest.cmdline} vmctl.share=shared"
+memory_mib = 128
+network = true
+shared_dir = true
+web_graphics_guest_port = 80
+remote_desktop = true
+trickle_trigger_files = ["trickle"]
+intermediate_upload_files = ["partial"]
+
+[backend_options]
+accel = "tcg"
+
+[[port_forward]]
+guest_port = 80
+"""
+
+
+def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
+    tmp_path: Path, cleanup: list[BoincPeer | Watch]
+) -> None:
+    guest = ensure_test_guest()
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "job.toml").write_text(job_toml(guest))
+    files = {
+        "vmctl_job.toml": tmp_path / "job.toml",
+        "disk.qcow2": guest.disk,
+        "vmlinuz": guest.kernel,
+        "initrd.img": guest.initrd,
+    }
+    task = Task("wu_0", output="partial")
+    peer = BoincPeer(tmp_path, files, [task], extra_log_flags=("app_msg_receive",)).build()
+    watch = Watch(peer)
+    cleanup += [peer, watch]
+    peer.allowed_exits[task.result] = 0
+    peer.start()
+    peer.wait_for(lambda: watch.vm_state() is vmctl.State.RUNNING, 60, "the VM to run")
+    watch.remember_processes()
+    vm = watch.vm()
+
+    # Graphics: what the Manager reads for "Show graphics" and "Show VM Console".
+    assert vm.spec.network is not None
+    web_port = vm.spec.network.port_forwards[0].host_port
+    active = peer.wait_for(
+        lambda: (a := peer.active_task(task)).get("remote_desktop_addr") and a.get("web_graphics_url") and a,
+        30,
+        "the graphics fields in the client's get_results",
+    )
+    assert active["web_graphics_url"] == f"http://localhost:{web_port}"
+    address = vm.remote_desktop_address()
+    assert address is not None
+    rd_port = int(address.rsplit(":", 1)[1])
+    assert active["remote_desktop_addr"] == f"localhost:{rd_port}"
+    with socket.create_connection(("127.0.0.1", rd_port), timeout=10) as viewer:
+        assert viewer.recv(12).startswith(b"RFB 003."), "a VNC server answers at the address the client shows"
+
+    # A trickle-up: the client takes the message and moves the file into the project directory.
+    shared = watch.slot / "shared"
+    (shared / "trickle").write_text("<progress>5</progress>\n")
+    moved = peer.wait_for(
+        lambda: sorted(peer.project_dir.glob("trickle_up_wu_0_0_*.xml")), 30, "the client to take the trickle"
+    )
+    assert moved[0].read_text() == "<variety>trickle</variety>\n<progress>5</progress>\n"
+    assert "<have_new_trickle_up/>" in peer.log()
+    assert not (shared / "trickle").exists() and not (watch.slot / "trickle_up.xml").exists()
+
+    # An intermediate upload: the output file is filled and the client checks it (it deletes the
+    # request file; an output it does not know would be "Can't find uploadable file").
+    (shared / "partial").write_text("first half of the result\n")
+    peer.wait_for(lambda: "<have_new_upload_file/>" in peer.log(), 30, "the client to take the upload request")
+    peer.wait_for(lambda: not (watch.slot / "boinc_ufr_partial").exists(), 30, "the client to handle the request")
+    assert (peer.project_dir / task.output_file).read_text() == "first half of the result\n"
+    assert "Can't find uploadable file" not in peer.log()
+
+    # Abort: nothing is left behind (the quicker end for the test).
+    adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")
+    peer.expect_exit(task)
+    peer.task_op(task, "abort")
+    peer.wait_for(lambda: peer.info(task).get("state") == "aborted", 30, "the abort")
+    peer.wait_for(lambda: not any(alive(p) for p in watch.procs | {adapter}), 20, "the processes to end")
