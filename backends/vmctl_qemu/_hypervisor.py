@@ -94,7 +94,7 @@ class QemuHypervisor(Hypervisor):
             live_snapshots=True,
             graceful_restart=True,
             network_toggle=True,
-            cpu_limit=False,
+            cpu_limit=True,
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,

@@ -75,6 +75,7 @@ from ._sequences import (
     snapshot_name,
     snapshot_tag,
 )
+from ._throttle import THROTTLE_FILE, apply_cpu_limit, held
 from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
@@ -324,6 +325,20 @@ class QemuMachine(Machine):
             self._restore(timeout)
         else:
             launch(self, rec, timeout)
+        self._apply_cpu_limit()
+
+    def _apply_cpu_limit(self) -> None:
+        """The recorded CPU limit, on the QEMU process now running (or not running)."""
+        rec = self._record()
+        percent = int(rec.get("cpu_limit", 100))
+        if percent < 100 or (self.dir / THROTTLE_FILE).exists():
+            how = apply_cpu_limit(self.dir, self.name, self._process(rec), percent, self.spec.cpus)
+            log.debug("%s: CPU limit %d%% (%s)", self.name, percent, how)
+
+    @_typed_os_errors
+    def _do_set_cpu_limit(self, percent: int) -> None:
+        self._update(cpu_limit=percent)
+        self._apply_cpu_limit()
 
     def _restore(self, timeout: float) -> None:
         saved = self.dir / SAVED_STATE
@@ -362,7 +377,7 @@ class QemuMachine(Machine):
         tmp = self.dir / PARTIAL_STATE
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with self._monitor(timeout) as s:
+            with held(self.dir), self._monitor(timeout) as s:
                 save_state(s, fd, self.name, timeout, NotedMoves(self))
             os.fsync(fd)
         except BaseException:
@@ -433,7 +448,7 @@ class QemuMachine(Machine):
             run_tool([self.hypervisor.qemu_img, "snapshot", "-c", snapshot_tag(name), str(disk)], timeout=timeout)
         else:
             job = f"save-{uuid.uuid4().hex[:8]}"
-            with self._monitor(timeout) as s:
+            with held(self.dir), self._monitor(timeout) as s:
                 args = {"job-id": job, "tag": snapshot_tag(name), "vmstate": DISK_NODE, "devices": [DISK_NODE]}
                 since = announce_move(self.dir)
                 s.execute("snapshot-save", args, timeout=timeout)
@@ -474,6 +489,7 @@ class QemuMachine(Machine):
         discard_run_files(self.dir)
         if snapshot.has_memory:
             launch(self, rec, timeout, loadvm=snapshot_tag(snapshot.name))
+            self._apply_cpu_limit()
         else:
             tag = snapshot_tag(snapshot.name)
             run_tool([self.hypervisor.qemu_img, "snapshot", "-a", tag, str(disk)], timeout=timeout)
