@@ -92,6 +92,9 @@ class BoincPeer:
     extra_log_flags: Sequence[str] = ()
     """More cc_config log flags, e.g. ``app_msg_receive`` (the client logs each trickle-up,
     upload and graphics message, and every status message)."""
+    plan_class: str = ""
+    """The app version's plan class (``vbox64``: the client leaves CPU throttling to the app)."""
+    cpu_usage_limit: float = 100
     app_args: str = ""
     """The app version's command line (vboxwrapper's ``--trickle X`` and the like)."""
     allowed_exits: dict[str, int] = field(default_factory=dict)
@@ -165,6 +168,8 @@ class BoincPeer:
                 ("report_deadline", f"{now + 30 * 86400:f}"),
             ):
                 _el(r, tag, text)
+            if self.plan_class:
+                _el(r, "plan_class", self.plan_class)
             if task.output is not None:
                 ref = _el(r, "file_ref")
                 _el(ref, "file_name", task.output_file)
@@ -248,6 +253,8 @@ class BoincPeer:
             _el(av, tag, text)
         if self.app_args:
             _el(av, "cmdline", self.app_args)
+        if self.plan_class:
+            _el(av, "plan_class", self.plan_class)
         ref = _el(av, "file_ref")
         _el(ref, "file_name", APP_FILE)
         _el(ref, "main_program")
@@ -266,7 +273,7 @@ class BoincPeer:
             ("run_if_user_active", 1),
             ("run_gpu_if_user_active", 1),
             ("suspend_cpu_usage", 0),
-            ("cpu_usage_limit", 100),
+            ("cpu_usage_limit", self.cpu_usage_limit),
             ("max_ncpus_pct", 100),
             ("leave_apps_in_memory", int(self.leave_apps_in_memory)),
             ("disk_interval", self.checkpoint_period),

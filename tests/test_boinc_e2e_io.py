@@ -12,6 +12,7 @@ graphics fields in its GUI RPC replies.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,24 @@ def cleanup() -> Iterator[list[BoincPeer | Watch]]:
                     proc.kill()  # psutil checks that it is still the same process
 
 
+VM = "boinc-wu_0_0"
+
+
+def throttle(watch: Watch) -> str | None:
+    """How QEMU is capped: "duty N" (the duty-cycling process's percent) or "cgroup <cpu.max>"."""
+    try:
+        how = json.loads((watch.slot / "vm" / VM / "throttle.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if "cgroup" in how:
+        return "cgroup " + (Path(how["cgroup"]) / "cpu.max").read_text().strip()
+    try:
+        cmdline = psutil.Process(how["cycler_pid"]).cmdline()
+    except (KeyError, psutil.Error):
+        return None
+    return f"duty {cmdline[cmdline.index('--percent') + 1]}"
+
+
 def job_toml(guest: TestGuest) -> str:
     return f"""\
 backend = "qemu"
@@ -58,6 +77,7 @@ network = true
 shared_dir = true
 web_graphics_guest_port = 80
 remote_desktop = true
+apply_cpu_usage_limit = true
 trickle_trigger_files = ["trickle"]
 intermediate_upload_files = ["partial"]
 
@@ -82,7 +102,9 @@ def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
         "initrd.img": guest.initrd,
     }
     task = Task("wu_0", output="partial")
-    peer = BoincPeer(tmp_path, files, [task], extra_log_flags=("app_msg_receive",)).build()
+    # A vbox plan class: the client leaves CPU throttling to the app, as it does for vboxwrapper
+    # (7.20 does not tell the app its plan class: the job says apply_cpu_usage_limit).
+    peer = BoincPeer(tmp_path, files, [task], extra_log_flags=("app_msg_receive",), plan_class="vbox64").build()
     watch = Watch(peer)
     cleanup += [peer, watch]
     peer.allowed_exits[task.result] = 0
@@ -124,6 +146,19 @@ def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
     peer.wait_for(lambda: not (watch.slot / "boinc_ufr_partial").exists(), 30, "the client to handle the request")
     assert (peer.project_dir / task.output_file).read_text() == "first half of the result\n"
     assert "Can't find uploadable file" not in peer.log()
+
+    # The VM process runs at the app's low priority; the volunteer lowers the CPU usage limit:
+    # the client rewrites init_data.xml, says <reread_app_info/>, and the VM is capped.
+    qemu = psutil.Process(vm.pid)
+    assert all(psutil.Process(t.id).nice() == 19 for t in qemu.threads())
+    assert qemu.ionice().ioclass == psutil.IOPRIO_CLASS_IDLE
+    assert not (watch.slot / "vm" / VM / "throttle.json").exists(), "100 %: no cap"
+    peer.cpu_usage_limit = 30
+    peer.write_prefs()
+    peer.cmd("--read_global_prefs_override")
+    how = peer.wait_for(lambda: throttle(watch), 30, "the VM to be capped")
+    assert how in ("duty 30", "cgroup 30000 100000"), how
+    assert "CPU usage limit: 30%" in (watch.slot / "stderr.txt").read_text()
 
     # Abort: nothing is left behind (the quicker end for the test).
     adapter = peer.wait_for(lambda: peer.app_process(task), 20, "the running app")

@@ -126,6 +126,10 @@ class Job:
     """A forwarded guest port whose host side the client shows as the task's web graphics URL."""
     remote_desktop: bool = False
     """The VM's screen on a loopback remote desktop (VNC) the client shows (backends that can)."""
+    apply_cpu_usage_limit: bool | None = None
+    """Cap the VM at the preference ``cpu_usage_limit`` (the client does not throttle the app
+    versions of a ``vbox*`` plan class). None: when ``init_data.xml`` names such a plan class
+    (clients 8.2 and later), or for a ``vbox_job.xml`` (as vboxwrapper always does)."""
     """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
 
     @property

@@ -44,6 +44,7 @@ from vmctl.backend.usage import pid_alive
 from vmctl.boinc import reaper
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
+from vmctl.boinc._cpulimit import CpuLimit
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._diskuse import DiskBound, vm_file_roots
 from vmctl.boinc._endings import Endings
@@ -177,6 +178,7 @@ class Adapter:
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
         self._transfers = Transfers(self._task, self._files, shm, trickle_period)
         self._graphics = Graphics(self._task, shm)
+        self._cpu_limit = CpuLimit(self._task)
         self._disk = DiskBound(
             vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now, machine=lambda: self._policy.vm
         )
@@ -512,6 +514,7 @@ class Adapter:
         if not self.suspended:
             self._transfers.poll(self._cpu.elapsed())
             self._graphics.poll(self._policy.vm, self._policy.pid)
+            self._cpu_limit.poll(self._policy.vm, self._policy.other_pid)
             self._status.send()
             if self._checkpoints.due(now) and state is vmctl.State.RUNNING:
                 self._checkpoints.take(self._policy.machine)

@@ -19,6 +19,8 @@ keys (all optional except a disk ``image`` or a ``kernel``)::
                                         # early: copied to the output and uploaded at once
     web_graphics_guest_port = 80        # the forward to this guest port is the web graphics URL
     remote_desktop = false              # the VM's screen on loopback VNC (the Manager's button)
+    apply_cpu_usage_limit = true        # cap the VM at cpu_usage_limit (vbox* plan classes;
+                                        # default: when init_data.xml names one)
     job_duration = 3600                 # seconds of running time = 100% (for fraction done)
     fraction_done_file = "progress"     # in the shared dir: last line a number 0..1
     completion_trigger_file = "done"    # in the shared dir: [exit code] [notice] [message]
@@ -120,6 +122,7 @@ _BOOL_KEYS = (
     "poweroff_completes",
     "copy_cmdline_to_shared",
     "remote_desktop",
+    "apply_cpu_usage_limit",
 )
 _LIST_KEYS = ("copy_to_shared", "trickle_trigger_files", "intermediate_upload_files")
 _NUM_KEYS = ("job_duration", "heartbeat_interval", "min_checkpoint_interval", "retry_delay")

@@ -121,6 +121,8 @@ class FakeClient:
         add("rsc_memory_bound", 2e9)
         add("rsc_disk_bound", float(f.get("rsc_disk_bound", 1e9)))
         add("computation_deadline", 0.0)
+        if f.get("plan_class"):
+            add("plan_class", f["plan_class"])
         host = ET.SubElement(root, "host_info")
         host.text = "\n"
         host.tail = "\n"
@@ -129,7 +131,7 @@ class FakeClient:
         prefs = ET.SubElement(root, "global_preferences")
         prefs.text = "\n"
         prefs.tail = "\n"
-        add("cpu_usage_limit", 100.0, prefs)
+        add("cpu_usage_limit", float(f.get("cpu_usage_limit", 100.0)), prefs)
         add("leave_apps_in_memory", 0, prefs)
         path = self.slot / INIT_DATA_FILE
         data = ET.tostring(root, encoding="unicode") + "\n"
