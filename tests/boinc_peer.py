@@ -92,6 +92,8 @@ class BoincPeer:
     extra_log_flags: Sequence[str] = ()
     """More cc_config log flags, e.g. ``app_msg_receive`` (the client logs each trickle-up,
     upload and graphics message, and every status message)."""
+    no_priority_change: bool = True
+    """cc_config's option: apps (and their VMs) at regular priority, for speed on a shared machine."""
     plan_class: str = ""
     """The app version's plan class (``vbox64``: the client leaves CPU throttling to the app)."""
     cpu_usage_limit: float = 100
@@ -191,7 +193,7 @@ class BoincPeer:
             ("no_gpus", 1),
             ("skip_cpu_benchmarks", 1),
             ("no_info_fetch", 1),
-            ("no_priority_change", 1),
+            ("no_priority_change", int(self.no_priority_change)),
         ):
             _el(opts, opt, value)
         _write_xml(self.data / "cc_config.xml", cc)

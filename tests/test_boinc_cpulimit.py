@@ -3,6 +3,7 @@ with the client double; the cap itself on real QEMU is tests/test_qemu_cpu_limit
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vmctl.boinc._cpulimit import lower_priority
+from vmctl.boinc._cpulimit import CpuLimit, lower_priority
+from vmctl.boinc._task import Task
+from vmctl.boinc.initdata import InitData
+from vmctl.boinc.job import Job
+from vmctl.boinc.slot import Slot
 
 from .test_boinc_adapter import Env, make_env, started
 
@@ -49,7 +54,8 @@ def test_other_plan_classes_are_left_to_the_clients_own_throttling(env: Env) -> 
     assert limit_of(env) == 100, "capping too would throttle twice"
 
 
-def test_the_vm_process_runs_at_nice_19_and_idle_io_in_every_thread() -> None:
+def sleeper_with_threads() -> subprocess.Popen[bytes]:
+    """A process with four threads, as a VM's host process has several."""
     code = (
         "import threading, time\n"
         "for _ in range(3): threading.Thread(target=time.sleep, args=(60,)).start()\n"
@@ -57,8 +63,13 @@ def test_the_vm_process_runs_at_nice_19_and_idle_io_in_every_thread() -> None:
         "time.sleep(60)\n"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline().strip() == b"1"
+    return child
+
+
+def test_the_vm_process_runs_at_nice_19_and_idle_io_in_every_thread() -> None:
+    child = sleeper_with_threads()
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == b"1"
         proc = psutil.Process(child.pid)
         assert len(proc.threads()) == 4
         assert lower_priority(child.pid)
@@ -92,3 +103,16 @@ def test_the_job_file_says_whether_the_app_throttles(env: Env, setting: str, exp
     adapter = started(env)
     env.run(adapter, 1.1)
     assert limit_of(env) == expected
+
+
+@pytest.mark.parametrize("regular", [False, True])
+def test_the_volunteers_no_priority_change_is_honoured(tmp_path: Path, regular: bool) -> None:
+    task = Task(Slot(tmp_path), InitData(result_name="wu_0_0", no_priority_change=regular), Job(image="disk"))
+    child = sleeper_with_threads()
+    try:
+        CpuLimit(task).poll(None, child.pid)
+        nices = {psutil.Process(t.id).nice() for t in psutil.Process(child.pid).threads()}
+        assert nices == ({os.nice(0)} if regular else {19})
+    finally:
+        child.kill()
+        child.wait()

@@ -104,7 +104,15 @@ def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
     task = Task("wu_0", output="partial")
     # A vbox plan class: the client leaves CPU throttling to the app, as it does for vboxwrapper
     # (7.20 does not tell the app its plan class: the job says apply_cpu_usage_limit).
-    peer = BoincPeer(tmp_path, files, [task], extra_log_flags=("app_msg_receive",), plan_class="vbox64").build()
+    # Apps at the lowest priority, as the client's default is.
+    peer = BoincPeer(
+        tmp_path,
+        files,
+        [task],
+        extra_log_flags=("app_msg_receive",),
+        plan_class="vbox64",
+        no_priority_change=False,
+    ).build()
     watch = Watch(peer)
     cleanup += [peer, watch]
     peer.allowed_exits[task.result] = 0

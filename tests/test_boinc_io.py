@@ -198,3 +198,34 @@ def test_web_graphics_needs_its_port_forward() -> None:
 
     with pytest.raises(JobError, match="needs a port forward"):
         parse_toml('image = "d"\nweb_graphics_guest_port = 80\n')
+
+
+# -- checkpoints without snapshots (vboxwrapper's disable_automatic_checkpoints) --------------------
+
+
+VBOX_NO_SNAPSHOTS = (
+    "<vbox_job><enable_shared_directory/><completion_trigger_file>done</completion_trigger_file>"
+    "<disable_automatic_checkpoints>1</disable_automatic_checkpoints></vbox_job>"
+)
+
+
+def test_disable_automatic_checkpoints_reports_checkpoints_without_snapshots(env: Env) -> None:
+    env.write_job(text=VBOX_NO_SNAPSHOTS, name="vbox_job.xml")
+    (env.slot / "vmctl_job.toml").unlink()
+    (env.slot / "vm_image.vdi").write_text("<soft_link>../../projects/p/v1_base.img</soft_link>\n")
+    adapter = started(env)  # the client's checkpoint period is 1 s here
+    env.run(adapter, 3.5)
+    first = env.next_status(adapter)["checkpoint_cpu_time"]
+    assert first > 0, "the client hears of a checkpoint"
+    env.run(adapter, 2.5)
+    assert env.next_status(adapter)["checkpoint_cpu_time"] > first, "at each checkpoint period"
+    assert env.vm().snapshots() == [], "and no snapshot is taken"
+    assert adapter.state.checkpoint is None, "nothing to revert to"
+
+
+def test_checkpoints_off_in_a_toml_job_report_none(env: Env) -> None:
+    env.write_job("checkpoints = false")
+    adapter = started(env)
+    env.run(adapter, 4)
+    assert env.next_status(adapter)["checkpoint_cpu_time"] == 0
+    assert env.vm().snapshots() == []

@@ -12,7 +12,8 @@ client's own throttling is left to work alone (capping too would throttle twice)
 always caps), a ``vmctl_job.toml`` only with ``apply_cpu_usage_limit = true``.
 
 **Priority.** BOINC runs apps at the lowest priority; the VM's host process (every thread: Linux
-keeps a nice value per thread) gets nice 19 and the idle I/O class, each time a new one runs.
+keeps a nice value per thread) gets nice 19 and the idle I/O class, each time a new one runs,
+unless the volunteer runs apps at regular priority (``no_priority_change`` in ``init_data.xml``).
 
 >>> limit_percent(0), limit_percent(55.5), limit_percent(0.2), limit_percent(None)
 (100, 55, 1, 100)
@@ -90,7 +91,7 @@ class CpuLimit:
         """``pid``: the VM's live host process (held by identity), None while there is none."""
         if pid is not None and pid != self._prioritised and pid != os.getpid():
             self._applied = None  # a new VM process: its limit is set again
-            if lower_priority(pid):
+            if self._task.init.no_priority_change or lower_priority(pid):
                 self._prioritised = pid
         wanted = self.wanted
         if vm is None or wanted is None or wanted == self._applied:

@@ -101,6 +101,10 @@ class Job:
     heartbeat_interval: float = 600.0
     min_checkpoint_interval: float = 600.0
     checkpoints: bool = True
+    checkpoint_reports: bool = False
+    """Without snapshots (``checkpoints = false``), still tell the client of a checkpoint every
+    checkpoint period, as vboxwrapper does for ``disable_automatic_checkpoints``: the guest keeps
+    its own progress, and the CPU time so far is the task's on a restart."""
     poweroff_completes: bool = True
     max_retries: int = 10
     retry_delay: float = 30.0

@@ -27,7 +27,9 @@ VBOX_KEYS: Mapping[str, str] = {
     "fraction_done_filename": "partial: fraction_done_file, in the shared directory (backends with shared folders)",
     "completion_trigger_file": "partial: in the shared directory (backends with shared folders)",
     "temporary_exit_trigger_file": "partial: in the shared directory (backends with shared folders)",
-    "heartbeat_filename": "partial: heartbeat_file in the shared directory (a stale heartbeat is a hung VM)",
+    "heartbeat_filename": "partial: heartbeat_file in the shared directory, looked at as vboxwrapper does (every "
+    "minimum_heartbeat_interval / 3 s of running time; it must exist, then change; three looks in a row without: "
+    "a hung VM, retried from the last checkpoint where vboxwrapper fails the task)",
     "minimum_heartbeat_interval": "honoured: heartbeat_interval",
     "multiattach_vdi_file": "honoured: the base image is this file in the project directory (never copied), "
     "as vboxwrapper resolves it; the backend must read its format",
@@ -46,7 +48,8 @@ VBOX_KEYS: Mapping[str, str] = {
     "port_forward": "honoured: guest_port/nports; each host port is picked free (never the literal number); "
     "is_remote is not (forwards are loopback only)",
     "enable_vm_savestate_usage": "honoured: vmctl-boinc always saves the VM's state on quit",
-    "disable_automatic_checkpoints": "honoured: checkpoints = false",
+    "disable_automatic_checkpoints": "honoured as vboxwrapper does: no checkpoint snapshots; at each of the client's "
+    "checkpoint periods a checkpoint is reported without one (the guest keeps its own progress)",
     "os_name": "honoured: a 64-bit type (..._64) requires hardware acceleration, as in vboxwrapper; "
     "vmctl picks the virtual hardware",
     "enable_floppyio": "refused: no floppy channel yet (the guest would wait for its floppy)",
@@ -203,6 +206,7 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             pass  # always the behaviour
         elif tag == "disable_automatic_checkpoints":
             values["checkpoints"] = not _xml_bool(el)
+            values["checkpoint_reports"] = _xml_bool(el)
         elif tag == "enable_remotedesktop":
             values["remote_desktop"] = _xml_bool(el)
         elif tag == "trickle_trigger_file":

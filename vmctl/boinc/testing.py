@@ -66,6 +66,8 @@ class FakeClient:
             "starting_elapsed_time": 0.0,
             "checkpoint_period": 60.0,
             "ncpus": 1.0,
+            # as the test peers' cc_config: VMs of tests at regular priority on a shared machine
+            "no_priority_change": True,
         }
         self.init_fields.update(init_fields)
         self.queue: list[str] = []
@@ -111,6 +113,7 @@ class FakeClient:
         add("wu_cpu_time", float(f["wu_cpu_time"]))
         add("starting_elapsed_time", float(f["starting_elapsed_time"]))
         add("using_sandbox", 0)
+        add("no_priority_change", int(bool(f.get("no_priority_change", False))))
         add("vm_extensions_disabled", int(bool(f.get("vm_extensions_disabled", False))))
         add("checkpoint_period", float(f["checkpoint_period"]))
         add("fraction_done_start", 0.0)
