@@ -327,18 +327,28 @@ class QemuMachine(Machine):
             launch(self, rec, timeout)
         self._apply_cpu_limit()
 
-    def _apply_cpu_limit(self) -> None:
-        """The recorded CPU limit, on the QEMU process now running (or not running)."""
+    def _apply_cpu_limit(self, strict: bool = False) -> None:
+        """The recorded CPU limit, on the QEMU process now running (or not running). Not
+        ``strict`` (a start): a failure is logged, the machine runs unlimited."""
         rec = self._record()
         percent = int(rec.get("cpu_limit", 100))
         if percent < 100 or (self.dir / THROTTLE_FILE).exists():
-            how = apply_cpu_limit(self.dir, self.name, self._process(rec), percent, self.spec.cpus)
+            try:
+                how = apply_cpu_limit(self.dir, self.name, self._process(rec), percent, self.spec.cpus)
+            except (OSError, psutil.Error) as exc:
+                if strict:
+                    raise
+                log.warning("%s: the CPU limit of %d%% is not applied: %s", self.name, percent, exc)
+                return
             log.debug("%s: CPU limit %d%% (%s)", self.name, percent, how)
 
     @_typed_os_errors
     def _do_set_cpu_limit(self, percent: int) -> None:
         self._update(cpu_limit=percent)
-        self._apply_cpu_limit()
+        try:
+            self._apply_cpu_limit(strict=True)
+        except psutil.Error as exc:
+            raise BackendError(f"{self.name}: cannot cap its CPU: {exc}", command="set_cpu_limit") from exc
 
     def _restore(self, timeout: float) -> None:
         saved = self.dir / SAVED_STATE
