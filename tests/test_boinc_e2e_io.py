@@ -12,6 +12,7 @@ graphics fields in its GUI RPC replies.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import Iterator
@@ -112,6 +113,7 @@ def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
         extra_log_flags=("app_msg_receive",),
         plan_class="vbox64",
         no_priority_change=False,
+        app_args="--trickle 2",  # vboxwrapper's elapsed-time trickles, every 2 s
     ).build()
     watch = Watch(peer)
     cleanup += [peer, watch]
@@ -137,15 +139,21 @@ def test_graphics_trickles_and_an_intermediate_upload_reach_the_client(
     with socket.create_connection(("127.0.0.1", rd_port), timeout=10) as viewer:
         assert viewer.recv(12).startswith(b"RFB 003."), "a VNC server answers at the address the client shows"
 
-    # A trickle-up: the client takes the message and moves the file into the project directory.
+    # Trickle-ups: the client takes each message and moves the file into the project directory,
+    # one file per trickle (none lost to another moved in the same second).
+    def trickles(variety: str) -> list[str]:
+        texts = [p.read_text() for p in sorted(peer.project_dir.glob("trickle_up_wu_0_0_*.xml"))]
+        return [t for t in texts if t.startswith(f"<variety>{variety}</variety>\n")]
+
     shared = watch.slot / "shared"
     (shared / "trickle").write_text("<progress>5</progress>\n")
-    moved = peer.wait_for(
-        lambda: sorted(peer.project_dir.glob("trickle_up_wu_0_0_*.xml")), 30, "the client to take the trickle"
-    )
-    assert moved[0].read_text() == "<variety>trickle</variety>\n<progress>5</progress>\n"
+    moved = peer.wait_for(lambda: trickles("trickle"), 30, "the client to take the guest's trickle")
+    assert moved == ["<variety>trickle</variety>\n<progress>5</progress>\n"]
     assert "<have_new_trickle_up/>" in peer.log()
-    assert not (shared / "trickle").exists() and not (watch.slot / "trickle_up.xml").exists()
+    assert not (shared / "trickle").exists()
+    periodic = peer.wait_for(lambda: len(trickles("cpu_time")) >= 2 and trickles("cpu_time"), 30, "--trickle's")
+    times = [float(t.split("<cpu_time>")[1].split("<")[0]) for t in periodic]
+    assert times == sorted(times) and all(b - a >= 2 for a, b in itertools.pairwise(times)), times
 
     # An intermediate upload: the output file is filled and the client checks it (it deletes the
     # request file; an output it does not know would be "Can't find uploadable file").

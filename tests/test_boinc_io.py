@@ -50,6 +50,8 @@ def test_a_trickle_trigger_becomes_trickle_up_xml_and_is_announced(env: Env) -> 
     assert not (env.shared() / "trickle").exists(), "the trigger is consumed"
     assert (env.shared() / "status").exists(), "the second waits for the first to be taken"
     env.run(adapter, 1.1)
+    assert take_announcement(env) is None, "nor within the second the client took the first"
+    env.run(adapter, 2.1)
     assert take_announcement(env) == "<have_new_trickle_up/>\n"
     assert client_moves_trickle(env) == "<variety>status</variety>\n<note>second</note>\n"
     assert not (env.shared() / "status").exists()
@@ -68,7 +70,7 @@ def test_a_trickle_is_never_written_over_one_the_client_has_not_taken(env: Env) 
     assert (env.shared() / "trickle").read_text() == "two"
     assert take_announcement(env) == "<have_new_trickle_up/>\n"
     client_moves_trickle(env)
-    env.run(adapter, 1.1)
+    env.run(adapter, 3.1)
     assert (env.slot / TRICKLE_FILE).read_text() == "<variety>trickle</variety>\ntwo"
 
 
@@ -103,6 +105,27 @@ def test_trickle_option_sends_the_elapsed_time_periodically(env: Env) -> None:
     assert record is not None and record.extra["last_trickle_elapsed"] == pytest.approx(times[1]), (
         "kept across restarts"
     )
+
+
+def test_the_guests_trickles_go_first_and_only_the_latest_elapsed_time_waits(env: Env) -> None:
+    env.write_job('trickle_trigger_files = ["trickle"]')
+    adapter = started(env, trickle_period=1.0)
+    env.run(adapter, 1.1)
+    assert take_announcement(env) is not None
+    assert client_moves_trickle(env).startswith("<variety>cpu_time</variety>")
+    (env.shared() / "trickle").write_text("guest data")
+    env.run(adapter, 6.1)  # five more elapsed-time trickles are due meanwhile
+    take_announcement(env)
+    assert client_moves_trickle(env) == "<variety>trickle</variety>\nguest data", "the guest's first"
+    env.run(adapter, 3.1)
+    take_announcement(env)
+    latest = client_moves_trickle(env)
+    env.run(adapter, 3.1)
+    take_announcement(env)
+    after = client_moves_trickle(env)
+    value = float(latest.split("<cpu_time>")[1].split("<")[0])
+    assert value >= 6.0, "the newest elapsed time, not the oldest waiting one"
+    assert float(after.split("<cpu_time>")[1].split("<")[0]) > value
 
 
 def test_intermediate_upload_copies_the_output_requests_it_and_reads_the_status(

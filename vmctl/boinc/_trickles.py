@@ -18,9 +18,11 @@ sent), ``--trickle X`` (every X s of elapsed time, variety ``cpu_time``, the ela
 ``intermediate_upload_file`` (an output the guest writes to the shared directory early).
 
 Unlike the library, a trickle is never written over one the client has not taken yet (the
-library overwrites ``trickle_up.xml``, losing the first of two trickles sent within a second):
-the trigger stays in the shared directory until its turn. Everything read from the shared
-directory is the guest's: read with :mod:`vmctl.boinc._safefs` (no link followed, regular files
+library overwrites ``trickle_up.xml``, losing the first of two trickles sent within a second),
+nor so soon after that the client would move both in the same second (its name for the moved
+file has one-second resolution): the trigger stays in the shared directory until its turn, and
+the guest's trickles go before ``--trickle``'s (of which only the latest waits). Everything read
+from the shared directory is the guest's: read with :mod:`vmctl.boinc._safefs` (no link followed, regular files
 only, bounded), and a trigger over :data:`TRICKLE_MAX` bytes is refused and deleted.
 
 >>> trickle_text("cpu_time", "<cpu_time>60.000000</cpu_time>")
@@ -60,6 +62,10 @@ UPLOAD_STATUS_PREFIX = "boinc_ufs_"
 TRICKLE_MAX = 64 << 10
 """Bytes of a trickle trigger file sent (a larger one is refused: the client sends the message
 inside its scheduler request)."""
+TRICKLE_GAP = 1.5
+"""Seconds between the client taking a trickle and the next being written: the client names the
+file it moves ``trickle_up_<result>_<seconds>.xml``, and a second one moved within the same
+second would replace the first."""
 STATUS_MAX = 256
 """Bytes of the client's ``boinc_ufs_`` file read (the library reads one line of 256)."""
 _STATUS = re.compile(rb"<status>\s*(-?\d+)\s*</status>")
@@ -88,6 +94,8 @@ class Transfers:
         self._announce_trickle = False
         self._announce_upload = False
         self._said_waiting = False
+        self._in_flight = False
+        self._taken_at = -TRICKLE_GAP
 
     @property
     def _uploads(self) -> dict[str, str]:
@@ -136,6 +144,8 @@ class Transfers:
         self._task.state.extra[_LAST_TRICKLE] = elapsed
         self._task.save_state()
         log.info("trickle-up: elapsed time %.0f s", elapsed)
+        # a newer report replaces one still waiting: the project wants the latest elapsed time
+        self._periodic.clear()
         self._periodic.append(trickle_text("cpu_time", f"<cpu_time>{elapsed:f}</cpu_time>"))
 
     def _next_trickle(self) -> None:
@@ -147,12 +157,21 @@ class Transfers:
                 self._said_waiting = True
             return
         self._said_waiting = False
-        if self._periodic:
-            self._write_trickle(self._periodic.popleft())
+        now = self._task.clock()
+        if self._in_flight:  # the client took the last one
+            self._in_flight = False
+            self._taken_at = now
+        if now - self._taken_at < TRICKLE_GAP:
             return
+        # the guest's trickles first: they carry the project's data
+        if not self._guest_trickle() and self._periodic:
+            self._write_trickle(self._periodic.popleft())
+
+    def _guest_trickle(self) -> bool:
+        """Send the first trickle trigger the guest wrote, if any; whether one was sent."""
         shared = self._files.shared_path
         if shared is None:
-            return
+            return False
         for name in self._task.job.trickle_trigger_files:
             try:
                 st = stat_beneath(shared, name)
@@ -172,7 +191,8 @@ class Transfers:
             log.info("trickle-up from the guest: %s (%d bytes)", name, len(data))
             self._write_trickle(trickle_text(os.path.basename(name), text))
             self._delete_trigger(shared, name)
-            return
+            return True
+        return False
 
     def _guest_trickle_waiting(self) -> bool:
         shared = self._files.shared_path
@@ -192,6 +212,7 @@ class Transfers:
     def _write_trickle(self, text: str) -> None:
         write_exclusive(self._task.slot.path / TRICKLE_FILE, text.encode("utf-8"))
         self._announce_trickle = True
+        self._in_flight = True
 
     def _request_uploads(self) -> None:
         shared = self._files.shared_path
