@@ -30,6 +30,7 @@ import errno
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -195,14 +196,32 @@ def apply_cpu_limit(vm_dir: Path, name: str, qemu: psutil.Process | None, percen
             str(percent),
         ],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         close_fds=True,
     )
+    _await_ready(cycler)
     _write_throttle(vm_dir, {"cycler_pid": cycler.pid, "cycler_started": psutil.Process(cycler.pid).create_time()})
     reap_when_done(cycler)
     return "duty"
+
+
+READY = b"cycling\n"
+READY_TIMEOUT = 10.0
+"""Seconds ``set_cpu_limit`` waits for the duty cycling to be in force (a busy host starts the
+cycler's interpreter slowly)."""
+
+
+def _await_ready(cycler: subprocess.Popen[bytes]) -> None:
+    """Return once the cycler says it cycles (or has ended, or after :data:`READY_TIMEOUT`)."""
+    assert cycler.stdout is not None
+    try:
+        ready, _, _ = select.select([cycler.stdout], [], [], READY_TIMEOUT)
+        if not ready or cycler.stdout.readline() != READY:
+            log.warning("the CPU limit's duty cycling (pid %d) did not report within %.0f s", cycler.pid, READY_TIMEOUT)
+    finally:
+        cycler.stdout.close()
 
 
 @contextlib.contextmanager
@@ -242,14 +261,24 @@ def _cycle(pid: int, started: float, percent: int) -> int:
 
     for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    announced = False
     try:
         while not flags["end"]:
+            if not announced:
+                announced = True
+                qemu.suspend()
+                with contextlib.suppress(OSError):  # the caller may have stopped listening
+                    os.write(1, READY)
+                    os.close(1)
+            started_running = time.monotonic()
             qemu.resume()
             time.sleep(running)
             if flags["hold"] or flags["end"]:
                 continue
             qemu.suspend()
-            time.sleep(stopped)
+            # a late wake-up (a busy host) ran QEMU longer: stop it longer, keeping the ratio
+            ran = time.monotonic() - started_running
+            time.sleep(max(stopped, ran * stopped / running))
     except psutil.NoSuchProcess:
         return 0
     finally:
