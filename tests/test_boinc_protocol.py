@@ -362,8 +362,8 @@ def test_vbox_job_keys_honoured_and_reported() -> None:
     assert {r.split(":")[0] for r in job.refused} == {
         "enable_floppyio",
         "enable_isocontextualization",
-        "trickle_trigger_file",
     }
+    assert job.trickle_trigger_files == ("trickle",), "sent as trickle-ups (tests/test_boinc_io.py)"
     assert job.needs_acceleration, "a 64-bit os_name requires hardware virtualization, as in vboxwrapper"
 
 

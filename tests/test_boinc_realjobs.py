@@ -70,7 +70,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "completion": "shutdown",
         "checkpoints": False,
         "refused": set(),
-        "notes": {"enable_remotedesktop"},
+        "graphics": (80, True),
     },
     "lhcathome_theory.xml": {
         "memory": 630,
@@ -83,7 +83,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "completion": "shutdown",
         "checkpoints": False,
         "refused": set(),
-        "notes": {"enable_remotedesktop"},
+        "graphics": (80, True),
     },
     "boinc2docker_app.xml": {
         "memory": 1024,
@@ -177,6 +177,8 @@ def test_each_real_job_file_parses_to_what_its_project_meant(name: str) -> None:
     assert job.completion_trigger_file == want.get("completion")
     assert job.checkpoints == want.get("checkpoints", True)
     assert {n.split(":")[0] for n in job.notes} == want.get("notes", set())
+    # the web graphics port (pf_guest_port) and the remote desktop the Manager's buttons use
+    assert (job.web_graphics_guest_port, job.remote_desktop) == want.get("graphics", (0, False))
 
 
 def test_pf_host_port_and_port_forward_host_ports_are_never_bound_literally() -> None:

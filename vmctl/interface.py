@@ -219,6 +219,9 @@ class Machine(ABC):
         """The guest's screen now, as PNG bytes, of a RUNNING or PAUSED machine. Only called
         where ``capabilities.screenshot`` is True."""
         raise Unsupported(self.hypervisor.name, "screenshot")
+    def _get_remote_desktop_address(self) -> str | None:
+        """``host:port`` of the running machine's remote desktop server, or None."""
+        return None
 
     def _get_pid(self) -> int | None:
         """The host process running the machine, or None. A read that changes nothing."""
@@ -249,6 +252,13 @@ class Machine(ABC):
     def pid(self) -> int | None:
         """The host process running the machine, or None where there is none to see."""
         return self._get_pid()
+
+    def remote_desktop_address(self) -> str | None:
+        """Where the machine's remote desktop (VNC) listens, as ``127.0.0.1:PORT``, while the
+        machine runs or is paused with ``remote_desktop=True`` in its spec; else None."""
+        if not self.spec.remote_desktop or self.state not in (State.RUNNING, State.PAUSED):
+            return None
+        return self._get_remote_desktop_address()
 
     @property
     def capabilities(self) -> Capabilities:

@@ -171,6 +171,10 @@ class MachineSpec:
     serial_log: Path | None = None
     readonly_shares: frozenset[str] = frozenset()
     """Tags of ``shared_dirs`` the guest may only read (the backend enforces it)."""
+    remote_desktop: bool = False
+    """The machine's screen on a remote desktop server listening on 127.0.0.1 only, at a port
+    the backend picks free at each start (:meth:`vmctl.Machine.remote_desktop_address`); no
+    password, so any local user may connect (backends with the ``remote_desktop`` capability)."""
 
     def __post_init__(self) -> None:
         self._validate(check_files=True)
@@ -189,6 +193,8 @@ class MachineSpec:
                 raise InvalidSpec(label, f"{value!r} must be an integer from 1 to {top}")
         if not isinstance(self.overlay, bool):
             raise InvalidSpec("overlay", f"{self.overlay!r} is not a boolean")
+        if not isinstance(self.remote_desktop, bool):
+            raise InvalidSpec("remote_desktop", f"{self.remote_desktop!r} is not a boolean")
         object.__setattr__(self, "disk", _existing_file(self.disk, "disk", check_files))
         object.__setattr__(self, "kernel", _existing_file(self.kernel, "kernel", check_files))
         object.__setattr__(self, "initrd", _existing_file(self.initrd, "initrd", check_files))
@@ -246,6 +252,8 @@ class MachineSpec:
                 if not value:
                     continue
                 value = sorted(value)
+            elif f.name == "remote_desktop" and not value:
+                continue
             elif f.name == "network":
                 value = {"port_forwards": [asdict(pf) for pf in value.port_forwards]}
             data[f.name] = value
@@ -360,6 +368,7 @@ SPEC_FEATURES: Mapping[str, str] = {
     "serial_log": "a serial log file on this host",
     "overlay": "an overlay disk over the base image (overlay=True)",
     "direct_disk": "writing to the disk image itself (overlay=False)",
+    "remote_desktop": "a remote desktop of the machine's screen on loopback (remote_desktop=True)",
 }
 
 
@@ -376,6 +385,8 @@ def spec_features(spec: MachineSpec) -> list[str]:
         used.append("serial_log")
     if spec.disk is not None:
         used.append("overlay" if spec.overlay else "direct_disk")
+    if spec.remote_desktop:
+        used.append("remote_desktop")
     return used
 
 
@@ -410,6 +421,8 @@ class Capabilities:
     """:meth:`vmctl.Machine.disk_usage` knows the bytes the backend's files of a machine use."""
     screenshot: bool = False
     """:meth:`vmctl.Machine.screenshot` reads the guest's screen as PNG."""
+    remote_desktop: bool = False
+    """``create`` with ``remote_desktop=True``; :meth:`vmctl.Machine.remote_desktop_address`."""
 
     def refused_features(self, spec: MachineSpec) -> list[str]:
         """The :data:`SPEC_FEATURES` that ``spec`` uses and these capabilities lack."""

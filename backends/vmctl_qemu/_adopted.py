@@ -269,7 +269,7 @@ class AdoptedQemuMachine(Machine):
 
     @property
     def capabilities(self) -> Capabilities:
-        caps = self.hypervisor.capabilities
+        caps = self.hypervisor.capabilities.without("cpu_limit")  # a QEMU vmctl did not start
         if self._adopted().get("disk_format") != "qcow2":
             caps = caps.without("snapshots", "live_snapshots")
         return caps

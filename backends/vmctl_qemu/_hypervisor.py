@@ -95,11 +95,12 @@ class QemuHypervisor(Hypervisor):
             live_snapshots=True,
             graceful_restart=True,
             network_toggle=True,
-            cpu_limit=False,
+            cpu_limit=True,
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,
             screenshot=True,
+            remote_desktop=True,
         )
 
     def image_format(self, path: Path) -> str:
