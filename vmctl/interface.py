@@ -219,6 +219,7 @@ class Machine(ABC):
         """The guest's screen now, as PNG bytes, of a RUNNING or PAUSED machine. Only called
         where ``capabilities.screenshot`` is True."""
         raise Unsupported(self.hypervisor.name, "screenshot")
+
     def _get_remote_desktop_address(self) -> str | None:
         """``host:port`` of the running machine's remote desktop server, or None."""
         return None
