@@ -11,11 +11,13 @@ drives it with ``boinccmd``, and always quits and then kills it (:meth:`close`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +89,16 @@ class BoincPeer:
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(8))
     proc: subprocess.Popen[bytes] | None = None
+    extra_log_flags: Sequence[str] = ()
+    """More cc_config log flags, e.g. ``app_msg_receive`` (the client logs each trickle-up,
+    upload and graphics message, and every status message)."""
+    no_priority_change: bool = True
+    """cc_config's option: apps (and their VMs) at regular priority, for speed on a shared machine."""
+    plan_class: str = ""
+    """The app version's plan class (``vbox64``: the client leaves CPU throttling to the app)."""
+    cpu_usage_limit: float = 100
+    app_args: str = ""
+    """The app version's command line (vboxwrapper's ``--trickle X`` and the like)."""
     allowed_exits: dict[str, int] = field(default_factory=dict)
     """Result name -> how many exits of its app the test has caused (:meth:`expect_exit`). While
     a result is in here, :meth:`wait_for` fails at once, with the client's and the app's account,
@@ -158,6 +170,8 @@ class BoincPeer:
                 ("report_deadline", f"{now + 30 * 86400:f}"),
             ):
                 _el(r, tag, text)
+            if self.plan_class:
+                _el(r, "plan_class", self.plan_class)
             if task.output is not None:
                 ref = _el(r, "file_ref")
                 _el(ref, "file_name", task.output_file)
@@ -171,7 +185,7 @@ class BoincPeer:
 
         cc = ET.Element("cc_config")
         flags = _el(cc, "log_flags")
-        for flag in ("task", "task_debug", "cpu_sched", "app_msg_send", "checkpoint_debug"):
+        for flag in ("task", "task_debug", "cpu_sched", "app_msg_send", "checkpoint_debug", *self.extra_log_flags):
             _el(flags, flag, 1)
         opts = _el(cc, "options")
         for opt, value in (
@@ -179,7 +193,7 @@ class BoincPeer:
             ("no_gpus", 1),
             ("skip_cpu_benchmarks", 1),
             ("no_info_fetch", 1),
-            ("no_priority_change", 1),
+            ("no_priority_change", int(self.no_priority_change)),
         ):
             _el(opts, opt, value)
         _write_xml(self.data / "cc_config.xml", cc)
@@ -239,6 +253,10 @@ class BoincPeer:
             ("flops", "1e9"),
         ):
             _el(av, tag, text)
+        if self.app_args:
+            _el(av, "cmdline", self.app_args)
+        if self.plan_class:
+            _el(av, "plan_class", self.plan_class)
         ref = _el(av, "file_ref")
         _el(ref, "file_name", APP_FILE)
         _el(ref, "main_program")
@@ -257,7 +275,7 @@ class BoincPeer:
             ("run_if_user_active", 1),
             ("run_gpu_if_user_active", 1),
             ("suspend_cpu_usage", 0),
-            ("cpu_usage_limit", 100),
+            ("cpu_usage_limit", self.cpu_usage_limit),
             ("max_ncpus_pct", 100),
             ("leave_apps_in_memory", int(self.leave_apps_in_memory)),
             ("disk_interval", self.checkpoint_period),
@@ -341,6 +359,36 @@ class BoincPeer:
         if check and proc.returncode != 0:
             raise AssertionError(f"boinccmd {' '.join(args)} failed: {proc.stdout}{proc.stderr}")
         return proc
+
+    def gui_rpc(self, request: str, timeout: float = 30) -> ET.Element:
+        """One GUI RPC as the Manager makes it (``<get_results/>``, ...), after the md5 nonce
+        handshake; returns the reply's root. Shows what ``boinccmd`` does not print, such as a
+        task's ``web_graphics_url`` and ``remote_desktop_addr``."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as conn:
+
+            def call(body: str) -> ET.Element:
+                conn.sendall(f"<boinc_gui_rpc_request>\n{body}\n</boinc_gui_rpc_request>\n\003".encode())
+                data = b""
+                while not data.endswith(b"\003"):
+                    chunk = conn.recv(1 << 16)
+                    if not chunk:
+                        raise AssertionError(f"the client closed the GUI RPC connection after {data[-500:]!r}")
+                    data += chunk
+                return ET.fromstring(data[:-1].decode("utf-8", errors="replace"))  # noqa: S314 - our own client
+
+            nonce = call("<auth1/>").findtext("nonce") or ""
+            digest = hashlib.md5((nonce + self.password).encode()).hexdigest()  # noqa: S324 - BOINC's protocol
+            if call(f"<auth2>\n<nonce_hash>{digest}</nonce_hash>\n</auth2>").find("authorized") is None:
+                raise AssertionError("the client refused the GUI RPC password")
+            return call(request)
+
+    def active_task(self, task: Task) -> dict[str, str]:
+        """The task's ``<active_task>`` fields as the Manager gets them (``get_results``)."""
+        for result in self.gui_rpc("<get_results>\n<active_only>0</active_only>\n</get_results>").iter("result"):
+            if result.findtext("name") == task.result:
+                active = result.find("active_task")
+                return {} if active is None else {el.tag: (el.text or "").strip() for el in active}
+        return {}
 
     def task_op(self, task: Task, op: str) -> None:
         self.cmd("--task", URL, task.result, op)

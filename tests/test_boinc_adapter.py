@@ -800,15 +800,37 @@ def _age(path: Path, seconds: float) -> None:
 
 
 def test_a_stale_guest_heartbeat_means_a_hung_vm(env: Env) -> None:
+    # vboxwrapper's rules: a look every interval / 3 s of running time; three looks in a row
+    # without a change of the file are no heartbeat.
     env.write_job('heartbeat_file = "alive"\nheartbeat_interval = 60')
     adapter = started(env)
     beat = env.shared() / "alive"
     beat.write_text("")
-    assert env.run(adapter, 2) is None
-    _age(beat, 120)
-    assert env.run(adapter, 2) == 0
+    assert env.run(adapter, 21) is None  # the first look: the file exists
+    assert env.run(adapter, 40) is None, "two looks without a change are not yet a verdict"
+    assert env.run(adapter, 21) == 0
     _delay, reason, *_ = (env.slot / "boinc_temporary_exit").read_text().splitlines()
-    assert "heartbeat" in reason
+    assert "heartbeat" in reason and "60 s" in reason
+
+
+def test_a_heartbeat_is_any_change_of_the_file_even_back_in_time(env: Env) -> None:
+    """The guest's clock may be behind the host's or jump: a change counts, never an age."""
+    env.write_job('heartbeat_file = "alive"\nheartbeat_interval = 60')
+    adapter = started(env)
+    beat = env.shared() / "alive"
+    beat.write_text("")
+    for i in range(12):
+        _age(beat, 3600 + 100 * i)  # ever older, as a guest clock running backwards would set it
+        assert env.run(adapter, 15) is None
+    assert env.vm().state is vmctl.State.RUNNING
+
+
+def test_a_heartbeat_file_never_written_means_a_hung_vm(env: Env) -> None:
+    env.write_job('heartbeat_file = "alive"\nheartbeat_interval = 30')
+    adapter = started(env)
+    assert env.run(adapter, 29) is None
+    assert env.run(adapter, 2.5) == 0
+    assert "heartbeat" in (env.slot / "boinc_temporary_exit").read_text()
 
 
 def test_a_suspended_task_is_not_taken_for_a_hung_guest(env: Env) -> None:

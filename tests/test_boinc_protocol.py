@@ -361,7 +361,8 @@ def test_vbox_job_keys_honoured_and_reported() -> None:
     }
     assert any("unknown vbox_job.xml key" in n for n in job.notes)
     # what the guest would wait for in vain fails the task at its start, never a note
-    assert {r.split(":")[0] for r in job.refused} == {"trickle_trigger_file"}
+    assert job.refused == (), "the floppy and the ISO are given (QEMU), trickles sent"
+    assert job.trickle_trigger_files == ("trickle",), "sent as trickle-ups (tests/test_boinc_io.py)"
     assert job.needs_acceleration, "a 64-bit os_name requires hardware virtualization, as in vboxwrapper"
 
 

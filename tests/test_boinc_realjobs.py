@@ -70,7 +70,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "completion": "shutdown",
         "checkpoints": False,
         "refused": set(),
-        "notes": {"enable_remotedesktop"},
+        "graphics": (80, True),
     },
     "lhcathome_theory.xml": {
         "memory": 630,
@@ -83,7 +83,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "completion": "shutdown",
         "checkpoints": False,
         "refused": set(),
-        "notes": {"enable_remotedesktop", "enable_screenshots_on_error"},
+        "graphics": (80, True),
     },
     # boinc2docker (Cosmology@home): the ISO is the VM's boot medium and no disk image is attached
     # (vbox_vboxmanage.cpp), the cache disk is the second disk
@@ -212,6 +212,8 @@ def test_each_real_job_file_parses_to_what_its_project_meant(name: str) -> None:
     assert job.completion_trigger_file == want.get("completion")
     assert job.checkpoints == want.get("checkpoints", True)
     assert {n.split(":")[0] for n in job.notes} == want.get("notes", set())
+    # the web graphics port (pf_guest_port) and the remote desktop the Manager's buttons use
+    assert (job.web_graphics_guest_port, job.remote_desktop) == want.get("graphics", (0, False))
 
 
 def test_pf_host_port_and_port_forward_host_ports_are_never_bound_literally() -> None:

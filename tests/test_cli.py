@@ -241,6 +241,31 @@ def test_snapshot_commands(run: Run) -> None:
     assert run("snapshot", "take", "vm", "s2") == 9
 
 
+def test_screenshot_writes_a_png(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run.create("vm")
+    assert run("screenshot", "vm") == 4  # stopped: nothing on the screen
+    assert "cannot screenshot machine 'vm' while it is stopped" in one_error_line(run.err)
+    assert run("start", "vm") == 0
+    target = tmp_path / "shots" / "vm.png"
+    target.parent.mkdir()
+    assert run("screenshot", "vm", "-o", str(target)) == 0, run.err
+    png = target.read_bytes()
+    shot = vmctl.Screenshot(png)  # checks the signature and the IHDR chunk
+    assert run.out.strip() == f"vm: screenshot {shot.width}x{shot.height} written to {target}"
+    monkeypatch.chdir(tmp_path)
+    assert run("screenshot", "vm") == 0 and (tmp_path / "vm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run("screenshot", "nope") == 3
+
+
+def test_screenshot_to_standard_output(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    run.create("vm", "--start")
+    stdout = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert run("screenshot", "vm", "-o", "-") == 0
+    assert isinstance(stdout.buffer, io.BytesIO)
+    vmctl.Screenshot(stdout.buffer.getvalue())
+
+
 def test_usage_json_and_text(run: Run) -> None:
     run.create("up", "--start", "--memory", "64")
     run.create("down")

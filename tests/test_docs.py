@@ -101,8 +101,10 @@ def declared_capabilities(column: str, tmp: Path) -> Capabilities:
         return LibvirtHypervisor._probe_capabilities(SimpleNamespace(driver="QEMU"))  # type: ignore[arg-type]
     if column == "virtualbox":
         from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
+        from vmctl_virtualbox._vboxmanage import VBoxManageTransport
 
-        prop, owner = VirtualBoxHypervisor.capabilities, None
+        # the default transport, VBoxManage (screenshots depend on it)
+        prop, owner = VirtualBoxHypervisor.capabilities, SimpleNamespace(transport=VBoxManageTransport)
     elif column in ("vmware", "vmware player"):
         from vmctl_vmware._hypervisor import VmwareHypervisor
 

@@ -27,6 +27,7 @@ from vmctl.errors import (
 )
 from vmctl.interface import Hypervisor, Machine
 from vmctl.registry import BackendProvider, backends, connect
+from vmctl.screenshot import Screenshot
 from vmctl.types import (
     BackendInfo,
     Capabilities,
@@ -61,6 +62,7 @@ __all__ = [
     "Network",
     "OperationTimeout",
     "PortForward",
+    "Screenshot",
     "Snapshot",
     "SnapshotExists",
     "SnapshotNotFound",

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vmctl.errors import InvalidSpec, InvalidState, MachineNotFound, OperationTimeout, SnapshotExists, Unsupported
+from vmctl.screenshot import Screenshot
 from vmctl.types import (
     SPEC_FEATURES,
     Capabilities,
@@ -78,6 +79,7 @@ ALLOWED_FROM: Mapping[str, tuple[State, ...]] = {
     "delete_snapshot": (_S.STOPPED, _S.RUNNING, _S.PAUSED, _S.SUSPENDED, _S.CRASHED),
     "set_network": (_S.RUNNING, _S.PAUSED),
     "set_cpu_limit": (_S.STOPPED, _S.RUNNING, _S.PAUSED, _S.SUSPENDED),
+    "screenshot": (_S.RUNNING, _S.PAUSED),
 }
 
 POLL_INTERVAL = 0.05
@@ -213,6 +215,15 @@ class Machine(ABC):
         """Cap CPU use at ``percent`` (1-100, validated), from any state but CRASHED."""
         raise Unsupported(self.hypervisor.name, "set_cpu_limit")
 
+    def _do_screenshot(self, timeout: float) -> bytes:
+        """The guest's screen now, as PNG bytes, of a RUNNING or PAUSED machine. Only called
+        where ``capabilities.screenshot`` is True."""
+        raise Unsupported(self.hypervisor.name, "screenshot")
+
+    def _get_remote_desktop_address(self) -> str | None:
+        """``host:port`` of the running machine's remote desktop server, or None."""
+        return None
+
     def _get_pid(self) -> int | None:
         """The host process running the machine, or None. A read that changes nothing."""
         return None
@@ -242,6 +253,13 @@ class Machine(ABC):
     def pid(self) -> int | None:
         """The host process running the machine, or None where there is none to see."""
         return self._get_pid()
+
+    def remote_desktop_address(self) -> str | None:
+        """Where the machine's remote desktop (VNC) listens, as ``127.0.0.1:PORT``, while the
+        machine runs or is paused with ``remote_desktop=True`` in its spec; else None."""
+        if not self.spec.remote_desktop or self.state not in (State.RUNNING, State.PAUSED):
+            return None
+        return self._get_remote_desktop_address()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -403,6 +421,17 @@ class Machine(ABC):
         if not self.capabilities.disk_usage:
             raise Unsupported(self.hypervisor.name, "disk_usage")
         return self._do_disk_usage()
+
+    def screenshot(self, timeout: float = 30) -> Screenshot:
+        """The guest's screen now, as a :class:`~vmctl.screenshot.Screenshot` (PNG bytes in
+        ``.png``, shown as an image in a notebook), of a RUNNING or PAUSED machine.
+
+        Raises :class:`Unsupported` where the backend or this machine has no screen to read
+        (``capabilities.screenshot``), :class:`InvalidState` in any other state.
+        """
+        with self._checked("screenshot", timeout, self.capabilities.screenshot, self._why("screenshot")):
+            png = self._do_screenshot(timeout)
+        return Screenshot(png)
 
     def set_network(self, enabled: bool) -> None:
         """Set the guest's network link up or down (a cable pulled, the NIC still there)."""

@@ -182,6 +182,10 @@ class MachineSpec:
     file itself, which keeps what it wrote across the machine's restarts), in this order."""
     floppy: Path | None = None
     """A raw floppy image the guest sees as its first floppy drive (writable)."""
+    remote_desktop: bool = False
+    """The machine's screen on a remote desktop server listening on 127.0.0.1 only, at a port
+    the backend picks free at each start (:meth:`vmctl.Machine.remote_desktop_address`); no
+    password, so any local user may connect (backends with the ``remote_desktop`` capability)."""
 
     def __post_init__(self) -> None:
         self._validate(check_files=True)
@@ -200,6 +204,8 @@ class MachineSpec:
                 raise InvalidSpec(label, f"{value!r} must be an integer from 1 to {top}")
         if not isinstance(self.overlay, bool):
             raise InvalidSpec("overlay", f"{self.overlay!r} is not a boolean")
+        if not isinstance(self.remote_desktop, bool):
+            raise InvalidSpec("remote_desktop", f"{self.remote_desktop!r} is not a boolean")
         object.__setattr__(self, "disk", _existing_file(self.disk, "disk", check_files))
         object.__setattr__(self, "kernel", _existing_file(self.kernel, "kernel", check_files))
         object.__setattr__(self, "initrd", _existing_file(self.initrd, "initrd", check_files))
@@ -285,6 +291,8 @@ class MachineSpec:
                 if not value:
                     continue
                 value = sorted(value)
+            elif f.name == "remote_desktop" and not value:
+                continue
             elif f.name == "network":
                 value = {"port_forwards": [asdict(pf) for pf in value.port_forwards]}
             elif f.name in ("extra_disks", "boot_from_cdrom"):
@@ -407,6 +415,7 @@ SPEC_FEATURES: Mapping[str, str] = {
     "cdrom": "a CD-ROM image (cdrom, boot_from_cdrom)",
     "extra_disks": "extra disks attached as they are (extra_disks)",
     "floppy": "a floppy image (floppy)",
+    "remote_desktop": "a remote desktop of the machine's screen on loopback (remote_desktop=True)",
 }
 
 
@@ -429,6 +438,8 @@ def spec_features(spec: MachineSpec) -> list[str]:
         used.append("extra_disks")
     if spec.floppy is not None:
         used.append("floppy")
+    if spec.remote_desktop:
+        used.append("remote_desktop")
     return used
 
 
@@ -467,6 +478,10 @@ class Capabilities:
     """``MachineSpec.extra_disks``."""
     floppy: bool = False
     """``MachineSpec.floppy``."""
+    screenshot: bool = False
+    """:meth:`vmctl.Machine.screenshot` reads the guest's screen as PNG."""
+    remote_desktop: bool = False
+    """``create`` with ``remote_desktop=True``; :meth:`vmctl.Machine.remote_desktop_address`."""
 
     def refused_features(self, spec: MachineSpec) -> list[str]:
         """The :data:`SPEC_FEATURES` that ``spec`` uses and these capabilities lack."""

@@ -164,16 +164,19 @@ class LibvirtHypervisor(Hypervisor):
                 cdrom=True,
                 extra_disks=True,
                 floppy=True,
+                screenshot=True,
             )
         if self.driver == "TEST":
             # The mock driver keeps states, snapshots and managed saves but has no guest: it
             # cannot change a NIC's link (virDomainUpdateDeviceFlags is not implemented) and
             # reports no statistics besides the state.
+            # Its screenshot is a fixed picture (libvirt's test-screenshot.png).
             return Capabilities(
                 network_toggle=False,
                 events=True,
                 usage_fields=frozenset(),
                 disk_usage=True,
+                screenshot=True,
                 cdrom=True,
                 extra_disks=True,
                 floppy=True,

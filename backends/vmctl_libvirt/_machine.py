@@ -6,12 +6,15 @@ import contextlib
 import importlib
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import libvirt
 
 from vmctl.backend.locking import machine_lock
+from vmctl.backend.logs import log_tail
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, InvalidState, MachineNotFound
@@ -20,6 +23,7 @@ from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, U
 
 from ._adopt import disk_files, has_nvram, spec_from_domain
 from ._races import create_snapshot, delete_snapshot, list_snapshots, raise_if_lost_race, revert_to
+from ._screenshot import screenshot_of
 from ._xml import (
     NIC_ALIAS,
     NS_CRASH_ACK,
@@ -357,6 +361,22 @@ class LibvirtMachine(Machine):
             paths.append(str(saved))
             total += _allocated(str(saved))
         return DiskUsage(self.name, total, tuple(paths))
+
+    def hypervisor_log(self, max_bytes: int = 4000) -> str:
+        """The end of libvirt's log of this domain's QEMU (``/var/log/libvirt/qemu/NAME.log``,
+        under ``qemu:///session`` ``~/.cache/libvirt/qemu/log/NAME.log``) on a local QEMU
+        driver; "" elsewhere or where it cannot be read."""
+        hv = self.hypervisor
+        if not hv.local_qemu:
+            return ""
+        if urllib.parse.urlparse(hv.uri).path.rstrip("/") == "/session":
+            folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "libvirt" / "qemu" / "log"
+        else:
+            folder = Path("/var/log/libvirt/qemu")
+        return log_tail(folder / f"{self.name}.log", max_bytes)
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return self._call("screenshot", lambda dom: screenshot_of(dom, self.hypervisor.name), "screenshot")
 
     def _do_set_network(self, enabled: bool) -> None:
         alias = NIC_ALIAS if self.managed else None

@@ -126,6 +126,9 @@ def domain_xml(spec: MachineSpec, plan: DomainPlan) -> str:
     if spec.serial_log is not None:
         _sub(serial, "source", path=str(spec.serial_log), append="on")
     _sub(serial, "target", port="0")
+    # a display adapter with no display (libvirt runs QEMU with -display none): what
+    # virDomainScreenshot reads
+    _sub(_sub(devices, "video"), "model", type="vga")
     if plan.domain_type != "test":
         _sub(devices, "memballoon", model="none")
     return ET.tostring(dom, encoding="unicode")

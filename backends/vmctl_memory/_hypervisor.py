@@ -32,6 +32,7 @@ class MemoryHypervisor(Hypervisor):
             cpu_limit=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes"}),
             disk_usage=True,
+            screenshot=True,
             cdrom=True,
             extra_disks=True,
             floppy=True,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from vmctl.errors import MachineNotFound, OperationTimeout
 from vmctl.interface import Machine
+from vmctl.screenshot import encode_png
 from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from ._guest import LOCK, PIDS, Guest, Record
@@ -17,6 +18,25 @@ if TYPE_CHECKING:
     from ._hypervisor import MemoryHypervisor
 
 __all__ = ["MemoryMachine"]
+
+
+SCREEN_WIDTH, SCREEN_HEIGHT = 320, 200
+
+
+def guest_screen(counter: int, boots: int) -> bytes:
+    """The simulated guest's screen: dark blue, with one bar per boot (up to 8) and a bar as long
+    as its counter (modulo the width), so that two screenshots show the guest moved on."""
+    background, bar = b"\x00\x00\xaa", b"\xff\xff\x55"
+    rows = []
+    for y in range(SCREEN_HEIGHT):
+        if 10 <= y < 20:
+            length = (counter * 4) % SCREEN_WIDTH
+        elif 30 <= y < 110 and (y - 30) % 10 < 6 and (y - 30) // 10 < boots:
+            length = 40
+        else:
+            length = 0
+        rows.append(bar * length + background * (SCREEN_WIDTH - length))
+    return encode_png(SCREEN_WIDTH, SCREEN_HEIGHT, b"".join(rows))
 
 
 class MemoryMachine(Machine):
@@ -181,6 +201,12 @@ class MemoryMachine(Machine):
             if rec.cpu_since is not None:
                 cpu += (time.monotonic() - rec.cpu_since) * rec.cpu_limit / 100
             return Usage(machine=self.name, cpu_seconds=cpu, memory_bytes=rec.spec.memory_mib << 20)
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        with LOCK:
+            rec = self._rec()
+            counter, boots = rec.guest.counter(), rec.guest.boots
+        return guest_screen(counter, boots)
 
     def _do_set_network(self, enabled: bool) -> None:
         with LOCK:

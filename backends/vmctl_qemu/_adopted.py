@@ -49,6 +49,7 @@ from vmctl.interface import Machine
 from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage, validate_name
 
 from . import _qmp
+from ._screenshot import screendump
 from ._sequences import (
     RUNSTATES,
     cont_after_reset,
@@ -268,7 +269,7 @@ class AdoptedQemuMachine(Machine):
 
     @property
     def capabilities(self) -> Capabilities:
-        caps = self.hypervisor.capabilities
+        caps = self.hypervisor.capabilities.without("cpu_limit")  # a QEMU vmctl did not start
         if self._adopted().get("disk_format") != "qcow2":
             caps = caps.without("snapshots", "live_snapshots")
         return caps
@@ -529,6 +530,9 @@ class AdoptedQemuMachine(Machine):
         """What vmctl keeps for the machine: its record directory (and a suspended machine's saved
         state there); the adopted QEMU's own disk is its owner's, never counted."""
         return DiskUsage(self.name, allocated_bytes([self.dir]) or 0, (str(self.dir),))
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return screendump(self._monitor, self.hypervisor.name, timeout)
 
     def _do_set_network(self, enabled: bool) -> None:
         with self._monitor() as s:

@@ -123,6 +123,8 @@ def qemu_argv(
             "-fsdev", fsdev,
             "-device", f"virtio-9p-pci,fsdev=fs{index},mount_tag={tag}",
         ]  # fmt: skip
+    if spec.remote_desktop:
+        argv += remote_desktop_argv()
     if incoming:
         argv += ["-incoming", "defer"]
     if loadvm is not None:
@@ -169,6 +171,17 @@ def media_argv(spec: MachineSpec, extra_disk_formats: Sequence[str], machine_typ
             argv += ["-device", "isa-fdc,id=fdc0"]
         argv += ["-device", f"floppy,unit=0,drive={FLOPPY_NODE},id=fd0"]
     return argv
+
+
+VNC_DISPLAYS = 100
+"""VNC displays tried from :0 (port 5900) up: QEMU binds the first free one (``to=``)."""
+
+
+def remote_desktop_argv() -> list[str]:
+    """The VGA screen (every machine made since screenshots has the adapter) served by VNC on
+    loopback, on the first free display from :0; no password on argv (or anywhere: a viewer such
+    as the BOINC Manager's button knows none)."""
+    return ["-vnc", f"127.0.0.1:0,to={VNC_DISPLAYS - 1}"]
 
 
 def netdev_option(spec: MachineSpec, net_fd: int | None) -> str:

@@ -16,6 +16,7 @@ from vmctl.interface import Hypervisor, Machine
 from vmctl.types import Capabilities, MachineSpec
 
 from ._command import resolve_accel
+from ._screenshot import DISPLAY_KEY
 
 log = logging.getLogger("vmctl.qemu")
 
@@ -94,13 +95,15 @@ class QemuHypervisor(Hypervisor):
             live_snapshots=True,
             graceful_restart=True,
             network_toggle=True,
-            cpu_limit=False,
+            cpu_limit=True,
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,
             cdrom=True,
             extra_disks=True,
             floppy=True,
+            screenshot=True,
+            remote_desktop=True,
         )
 
     def image_format(self, path: Path) -> str:
@@ -117,6 +120,7 @@ class QemuHypervisor(Hypervisor):
             "status": "stopped",
             "run_id": None,
             "notes": {},
+            DISPLAY_KEY: "vga",
         }
         try:
             return self._create(spec, record)

@@ -31,6 +31,7 @@ from . import _qmp
 from ._command import QMP_SOCKET, STATE_SOCKET, qemu_argv
 from ._keeper import MOVING
 from ._passt import find_passt, start_passt
+from ._screenshot import display_argv
 
 if TYPE_CHECKING:
     from ._machine import QemuMachine
@@ -172,6 +173,7 @@ def _start_keeper(
         cpu_model=hv.cpu_model,
         net_fd=net_fd,
         extra_disk_formats=rec.get("extra_disk_formats", ()),
+        extra=display_argv(rec),
     )
     run_id = uuid.uuid4().hex
     previous = {"status": rec.get("status"), "run_id": rec.get("run_id")}

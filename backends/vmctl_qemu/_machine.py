@@ -65,6 +65,7 @@ from ._launcher import (
     terminate,
 )
 from ._recovery import has_leftovers, settle
+from ._screenshot import DISPLAY_KEY, NO_DISPLAY, screendump
 from ._sequences import (
     RUNSTATES,
     cont_after_reset,
@@ -75,6 +76,7 @@ from ._sequences import (
     snapshot_name,
     snapshot_tag,
 )
+from ._throttle import THROTTLE_FILE, apply_cpu_limit, held
 from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
@@ -183,7 +185,9 @@ class QemuMachine(Machine):
     def capabilities(self) -> Capabilities:
         caps = self.hypervisor.capabilities
         if self._why("snapshots"):
-            return caps.without("snapshots", "live_snapshots")
+            caps = caps.without("snapshots", "live_snapshots")
+        if self._why("screenshot"):
+            caps = caps.without("screenshot")
         return caps
 
     def _why(self, capability: str) -> str:
@@ -193,6 +197,8 @@ class QemuMachine(Machine):
                 return _NO_SNAPSHOTS
             if self.spec.extra_disks or self.spec.floppy is not None:
                 return _MEDIA_NO_SNAPSHOTS
+        if capability == "screenshot" and self._record().get(DISPLAY_KEY) != "vga":
+            return NO_DISPLAY
         return ""
 
     @property
@@ -308,6 +314,15 @@ class QemuMachine(Machine):
         proc = self._process(rec)
         return proc.pid if proc is not None else None
 
+    @_typed_os_errors
+    def _get_remote_desktop_address(self) -> str | None:
+        # QEMU picked the display itself (-vnc 127.0.0.1:0,to=...): ask it which.
+        with _qmp.session(self.dir / STATE_SOCKET, 5) as s:
+            vnc = s.execute("query-vnc", timeout=5)
+        if not vnc.get("enabled") or not str(vnc.get("service", "")).isdigit():
+            return None
+        return f"127.0.0.1:{vnc['service']}"
+
     def _monitor(self, timeout: float = 10) -> contextlib.AbstractContextManager[_qmp.QmpSession]:
         return _qmp.session(self.dir / QMP_SOCKET, timeout)
 
@@ -320,6 +335,30 @@ class QemuMachine(Machine):
             self._restore(timeout)
         else:
             launch(self, rec, timeout)
+        self._apply_cpu_limit()
+
+    def _apply_cpu_limit(self, strict: bool = False) -> None:
+        """The recorded CPU limit, on the QEMU process now running (or not running). Not
+        ``strict`` (a start): a failure is logged, the machine runs unlimited."""
+        rec = self._record()
+        percent = int(rec.get("cpu_limit", 100))
+        if percent < 100 or (self.dir / THROTTLE_FILE).exists():
+            try:
+                how = apply_cpu_limit(self.dir, self.name, self._process(rec), percent, self.spec.cpus)
+            except (OSError, psutil.Error) as exc:
+                if strict:
+                    raise
+                log.warning("%s: the CPU limit of %d%% is not applied: %s", self.name, percent, exc)
+                return
+            log.debug("%s: CPU limit %d%% (%s)", self.name, percent, how)
+
+    @_typed_os_errors
+    def _do_set_cpu_limit(self, percent: int) -> None:
+        self._update(cpu_limit=percent)
+        try:
+            self._apply_cpu_limit(strict=True)
+        except psutil.Error as exc:
+            raise BackendError(f"{self.name}: cannot cap its CPU: {exc}", command="set_cpu_limit") from exc
 
     def _restore(self, timeout: float) -> None:
         saved = self.dir / SAVED_STATE
@@ -358,7 +397,7 @@ class QemuMachine(Machine):
         tmp = self.dir / PARTIAL_STATE
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with self._monitor(timeout) as s:
+            with held(self.dir), self._monitor(timeout) as s:
                 save_state(s, fd, self.name, timeout, NotedMoves(self))
             os.fsync(fd)
         except BaseException:
@@ -431,7 +470,7 @@ class QemuMachine(Machine):
             run_tool([self.hypervisor.qemu_img, "snapshot", "-c", snapshot_tag(name), str(disk)], timeout=timeout)
         else:
             job = f"save-{uuid.uuid4().hex[:8]}"
-            with self._monitor(timeout) as s:
+            with held(self.dir), self._monitor(timeout) as s:
                 args = {"job-id": job, "tag": snapshot_tag(name), "vmstate": DISK_NODE, "devices": [DISK_NODE]}
                 since = announce_move(self.dir)
                 s.execute("snapshot-save", args, timeout=timeout)
@@ -472,6 +511,7 @@ class QemuMachine(Machine):
         discard_run_files(self.dir)
         if snapshot.has_memory:
             launch(self, rec, timeout, loadvm=snapshot_tag(snapshot.name))
+            self._apply_cpu_limit()
         else:
             tag = snapshot_tag(snapshot.name)
             run_tool([self.hypervisor.qemu_img, "snapshot", "-a", tag, str(disk)], timeout=timeout)
@@ -511,6 +551,9 @@ class QemuMachine(Machine):
         return usage_of_process(self.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write)
 
     @_typed_os_errors
+    def _do_screenshot(self, timeout: float) -> bytes:
+        return screendump(self._monitor, self.hypervisor.name, timeout)
+
     def _do_set_network(self, enabled: bool) -> None:
         with self._monitor() as s:
             s.execute("set_link", {"name": NIC_NETDEV, "up": enabled})

@@ -51,6 +51,7 @@ class VirtualBoxHypervisor(Hypervisor):
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             kernel_boot=False,
             disk_usage=True,
+            screenshot=self.transport.screenshots,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:

@@ -37,6 +37,7 @@ import psutil
 
 from vmctl.backend.diskuse import allocated_bytes
 from vmctl.backend.locking import machine_lock
+from vmctl.backend.logs import log_tail
 from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import usage_of_process
 from vmctl.errors import (
@@ -383,6 +384,17 @@ class VirtualBoxMachine(Machine):
             return Usage(machine=self.name)
         ram = metrics.get("RAM/Usage/Used")
         return Usage(machine=self.name, memory_bytes=int(ram[0] * 1024) if ram and ram[1] == "kB" else None)
+
+    def hypervisor_log(self, max_bytes: int = 4000) -> str:
+        """The end of VirtualBox's log of this VM (``VBox.log`` in its log folder), or ""."""
+        folder = self.info().log_folder
+        return log_tail(Path(folder) / "VBox.log", max_bytes) if folder else ""
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        try:
+            return self.transport.screenshot_png(self.name, max(timeout, 1.0))
+        except InvalidState as exc:
+            raise self._invalid("screenshot", exc) from None
 
     def _do_set_network(self, enabled: bool) -> None:
         self._control("set_network", "setlinkstate1", "on" if enabled else "off")

@@ -116,6 +116,13 @@ class Transport(ABC):
         """``pause``, ``resume``, ``reset``, ``poweroff``, ``savestate``, ``acpipowerbutton``,
         ``setlinkstate1 on|off``, ``cpuexecutioncap N``."""
 
+    #: :meth:`screenshot_png` works (``Capabilities.screenshot``)
+    screenshots: bool = False
+
+    def screenshot_png(self, vm: str, timeout: float) -> bytes:
+        """PNG bytes of the running or paused VM's first screen."""
+        raise Unsupported("virtualbox", "screenshot", "this transport takes no screenshots; VBoxManage does")
+
     @abstractmethod
     def discard_state(self, vm: str) -> None: ...
 

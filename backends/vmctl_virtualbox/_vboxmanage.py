@@ -33,6 +33,7 @@ from typing import Any
 
 from vmctl.backend.tools import run_tool
 from vmctl.errors import BackendError, BackendUnavailable, ErrorCode
+from vmctl.screenshot import private_dir, read_bounded
 from vmctl.types import Network
 
 from ._errors import VBoxErrorInfo, is_transient, map_error, parse_error
@@ -382,6 +383,16 @@ class VBoxManageTransport(Transport):
     def control(self, vm: str, action: str, *args: str, timeout: float = 60) -> None:
         verb = {"acpipowerbutton": "stop", "savestate": "suspend", "reset": "restart"}.get(action, action)
         self.run(["controlvm", vm, action, *args], timeout=timeout, machine=vm, verb=verb)
+
+    screenshots = True
+
+    def screenshot_png(self, vm: str, timeout: float) -> bytes:
+        # ``controlvm VM screenshotpng FILE``: VBoxManage creates FILE itself (following links,
+        # truncating), so it writes into a directory of ours that nobody else can enter
+        with private_dir() as directory:
+            target = directory / "screen.png"
+            self.run(["controlvm", vm, "screenshotpng", str(target)], timeout=timeout, machine=vm, verb="screenshot")
+            return read_bounded(target)
 
     def discard_state(self, vm: str) -> None:
         self.run(["discardstate", vm], machine=vm, verb="poweroff")

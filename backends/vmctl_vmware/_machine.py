@@ -128,6 +128,14 @@ class VmwareMachine(Machine):
         except FileNotFoundError:
             raise MachineNotFound(self.name, "vmware") from None
 
+    def _why(self, capability: str) -> str:
+        if capability == "screenshot":
+            # vmrun's captureScreen is a guest operation (VIX's CaptureScreenImage after
+            # LoginInGuest): it needs VMware Tools and the guest's user name and password on
+            # vmrun's command line (-gu/-gp), and vmctl puts no credentials on argv
+            return "vmrun captureScreen needs guest credentials on its command line (-gu/-gp)"
+        return ""
+
     @property
     def spec(self) -> MachineSpec:
         if self._spec is None:

@@ -99,6 +99,7 @@ class VSphereHypervisor(Hypervisor):
             shared_dirs=False,
             port_forwards=False,
             serial_log=False,
+            screenshot=True,  # CreateScreenshot_Task (vcsim lacks it: Unsupported there)
         )
 
     # -- inventory -----------------------------------------------------------------------------

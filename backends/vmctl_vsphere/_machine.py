@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from vmctl.backend.records import spec_from_record
 from vmctl.errors import BackendError, InvalidSpec, MachineNotFound, SnapshotNotFound, VmctlError
 from vmctl.interface import Machine
+from vmctl.screenshot import MAX_SCREENSHOT_BYTES, as_png
 from vmctl.types import MachineSpec, Network, Snapshot, State, Usage
 
 from ._errors import ToolsUnavailable
@@ -58,6 +59,21 @@ def unchecked_spec(**values: Any) -> MachineSpec:
             value = f.default
         object.__setattr__(spec, f.name, value)
     return spec
+
+
+def split_datastore_path(text: str) -> tuple[str, str]:
+    """``"[datastore1] vm/vm-1.png"`` as ``("datastore1", "vm/vm-1.png")``.
+
+    >>> split_datastore_path("[datastore1] my vm/my vm-1.png")
+    ('datastore1', 'my vm/my vm-1.png')
+    """
+    if not text.startswith("[") or "]" not in text:
+        raise BackendError(f"{text!r} is not a datastore path", command="CreateScreenshot_Task")
+    datastore, _, path = text[1:].partition("]")
+    path = path.strip()
+    if not datastore or not path or ".." in path.split("/"):
+        raise BackendError(f"{text!r} is not a datastore path", command="CreateScreenshot_Task")
+    return datastore, path
 
 
 class VSphereMachine(Machine):
@@ -408,6 +424,22 @@ class VSphereMachine(Machine):
     def _nics(self) -> list[Any]:
         devices = self._props(["config.hardware.device"]).get("config.hardware.device") or []
         return [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+
+    def _do_screenshot(self, timeout: float) -> bytes:
+        """``CreateScreenshot_Task`` writes a PNG beside the VM's files on its datastore; it is
+        downloaded (bounded) and deleted. A server without it (vcsim) answers MethodNotFound,
+        which is :class:`Unsupported`."""
+        result = self._task("screenshot", lambda vm: vm.CreateScreenshot_Task(), timeout)
+        datastore, path = split_datastore_path(str(result))
+        hv = self.hypervisor
+        try:
+            data = self._session.download(hv.datacenter_path, datastore, path, MAX_SCREENSHOT_BYTES, timeout)
+        finally:
+            try:
+                hv.delete_datastore_path(datastore, path, timeout)
+            except VmctlError as exc:
+                log.info("vsphere: the screenshot [%s] %s was not deleted: %s", datastore, path, exc)
+        return as_png(data)
 
     def _do_set_network(self, enabled: bool) -> None:
         nics = self._nics()

@@ -359,6 +359,29 @@ class Session:
                 f"{what}: HTTP {response.status} {response.reason}", command=what, status=response.status, stderr=text
             )
 
+    def download(self, datacenter_path: str, datastore: str, path: str, limit: int, timeout: float) -> bytes:
+        """GET a datastore file, at most ``limit`` bytes (more is a BackendError); ``timeout``
+        bounds each socket operation."""
+        what = f"GET [{datastore}] {path}"
+        conn = self._http(timeout)
+        try:
+            conn.request("GET", self._folder_url(datacenter_path, datastore, path), headers={"Cookie": self.cookie})
+            response = conn.getresponse()
+            data = response.read(limit + 1)
+        except TimeoutError:
+            raise OperationTimeout(what, timeout) from None
+        except _TRANSPORT as exc:
+            raise BackendError(f"{what}: {exc}", command=what, code=ErrorCode.CONNECTION) from exc
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise BackendError(
+                f"{what}: HTTP {response.status} {response.reason}", command=what, status=response.status
+            )
+        if len(data) > limit:
+            raise BackendError(f"{what}: larger than {limit} bytes", command=what)
+        return data
+
 
 def _raised_in_pyvmomi(exc: BaseException) -> bool:
     """Whether ``exc`` comes from pyvmomi's own code (a response it could not deserialize)."""

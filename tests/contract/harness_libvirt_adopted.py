@@ -66,6 +66,7 @@ def plain_domain_xml(
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=str(spec.serial_log), append="on")  # the probe counts boots in it
         _sub(serial, "target", port="0")
+    _sub(_sub(devices, "video"), "model", type="vga")
     if domain_type != "test":
         _sub(devices, "memballoon", model="none")
     return ET.tostring(dom, encoding="unicode")

@@ -25,7 +25,7 @@ def qemu_command(spec: vmctl.MachineSpec, disk: Path, qmp: Path) -> list[str]:
         "-name", f"guest={spec.name}",
         "-machine", "q35", "-accel", "tcg", "-cpu", "max",
         "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
-        "-nodefaults", "-display", "none",
+        "-nodefaults", "-display", "none", "-device", "VGA",
         "-qmp", f"unix:{qmp},server=on,wait=off",
         # appended, so that the probe counts every boot in one log
         "-chardev", f"file,id=console,path={spec.serial_log},append=on", "-serial", "chardev:console",

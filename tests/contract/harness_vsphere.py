@@ -95,7 +95,8 @@ class VsphereVcsimHarness(Harness):
     guest_view = False
     can_ignore_power_button = False
     can_crash = False
-    peer_lacks = frozenset({"graceful_restart"})  # vcsim 0.24 does not implement RebootGuest
+    #: vcsim 0.24 implements neither RebootGuest nor CreateScreenshot_Task (MethodNotFound)
+    peer_lacks = frozenset({"graceful_restart", "screenshot"})
 
     def setup(self, tmp: Path) -> None:
         self.tmp = tmp

@@ -6,3 +6,4 @@ from vmctl.testing.contract.test_contract_definition import *  # noqa: F403
 from vmctl.testing.contract.test_contract_power import *  # noqa: F403
 from vmctl.testing.contract.test_contract_processes import *  # noqa: F403
 from vmctl.testing.contract.test_contract_running import *  # noqa: F403
+from vmctl.testing.contract.test_contract_screen import *  # noqa: F403

@@ -16,7 +16,7 @@ behaviour for every verb vmctl's backend uses:
 --port --device --type hdd --medium <file>|none [--mtype normal|multiattach|immutable]``,
 ``sharedfolder add --name --hostpath``, ``setextradata``/``getextradata`` (including
 ``enumerate``), ``startvm --type headless``, ``controlvm pause|resume|reset|poweroff|savestate|
-acpipowerbutton|setlinkstate1 on|off|cpuexecutioncap N``, ``discardstate``, ``snapshot <vm>
+acpipowerbutton|setlinkstate1 on|off|cpuexecutioncap N|screenshotpng FILE``, ``discardstate``, ``snapshot <vm>
 take|restore|restorecurrent|delete|list [--machinereadable]``, ``unregistervm [--delete]``,
 ``metrics setup|query``, ``import <ovf|ova> [--dry-run] [--vsys 0] [--vmname] [--basefolder]
 [--memory] [--cpus]``.
@@ -111,10 +111,12 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 import uuid as uuidlib
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -1329,8 +1331,58 @@ def cmd_controlvm(reg: Registry, args: list[str], out: list[str], err: list[str]
         # Like the real controlvm, this changes the running session only (no saveSettings).
         m["runtime"]["cap"] = int(args[2])
         update_pidfile(reg, m)
+    elif action == "screenshotpng":
+        # VBoxManageControlVM.cpp (7.x): "screenshotpng <file> [display]": IDisplay's
+        # GetScreenResolution and TakeScreenShotToArray(BitmapFormat_PNG), then RTFileOpen with
+        # RTFILE_O_OPEN_CREATE | RTFILE_O_WRITE | RTFILE_O_TRUNCATE (an existing file is
+        # replaced; links are followed) and RTMsgError("Failed to create file '%s' (%Rrc)").
+        if len(args) < 3 or len(args) > 4:
+            raise SyntaxErr("Incorrect number of parameters")
+        if len(args) == 4 and args[3] != "0":
+            raise VBoxError(
+                "Invalid argument",
+                "E_INVALIDARG",
+                "DisplayWrap",
+                "IDisplay",
+                "GetScreenResolution(displayIdx, &width, &height, &bpp, &xOrigin, &yOrigin, &monitorStatus)",
+                "VBoxManageControlVM.cpp",
+            )
+        png = screen_png(g)
+        try:
+            fd = os.open(args[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            code = {2: "VERR_PATH_NOT_FOUND", 13: "VERR_ACCESS_DENIED", 21: "VERR_IS_A_DIRECTORY"}.get(
+                exc.errno or 0, "VERR_OPEN_FAILED"
+            )
+            raise PlainError(f"Failed to create file '{args[2]}' ({code})") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(png)
     else:
         raise SyntaxErr(f"Invalid parameter '{action}'")
+
+
+SCREEN_WIDTH, SCREEN_HEIGHT = 720, 400  # the text mode showvminfo's VideoMode reports
+
+
+def screen_png(g: dict[str, Any]) -> bytes:
+    """The simulated guest's screen as a PNG (8-bit RGB, zlib): black, with a grey bar per
+    boot and a bar that grows with the guest's counter, so the picture changes as the guest runs."""
+    counter = int(guest_counter(g))
+    rows = []
+    for y in range(SCREEN_HEIGHT):
+        length = 0
+        if 8 <= y < 16:
+            length = (counter * 8) % SCREEN_WIDTH
+        elif 24 <= y < 104 and (y - 24) % 10 < 6 and (y - 24) // 10 < int(g.get("boots", 0)):
+            length = 48
+        rows.append(b"\x00" + b"\xaa\xaa\xaa" * length + b"\x00\x00\x00" * (SCREEN_WIDTH - length))
+    raw = zlib.compress(b"".join(rows), 6)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", SCREEN_WIDTH, SCREEN_HEIGHT, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
 def guest_profile(root: Path, name: str) -> dict[str, Any]:

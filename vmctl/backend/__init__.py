@@ -10,6 +10,7 @@ One module per concern:
 - :mod:`~vmctl.backend.usage`: a host process tree measured into a :class:`~vmctl.types.Usage`.
 - :mod:`~vmctl.backend.ports`: a free loopback port.
 - :mod:`~vmctl.backend.diskuse`: the bytes a tree of files occupies (``Machine.disk_usage``).
+- :mod:`~vmctl.backend.logs`: the end of a hypervisor's log file, bounded, not through a link.
 - :mod:`~vmctl.backend.aio`: vmctl's private event loop for asyncio-only clients.
 - :mod:`~vmctl.backend.records`: a machine's recorded spec and paths read back, re-validated.
 

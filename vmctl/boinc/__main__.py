@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory_size_mb", type=int, help="VM memory in MiB (overrides the job file)")
     p.add_argument("--vmimage", type=int, help="vbox_job.xml: the image is vm_image_N.vdi (as for vboxwrapper)")
     # vboxwrapper's options vmctl-boinc cannot honour yet: refused, never ignored
-    p.add_argument("--trickle", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--trickle", type=float, help="send a trickle-up with the elapsed time every X s (as vboxwrapper)")
     p.add_argument("--register_only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sporadic", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -210,7 +210,6 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     refused = [
         f"{option}: {VBOX_OPTIONS[option].removeprefix('refused: ')}"
         for option, given in (
-            ("--trickle", args.trickle is not None),
             ("--register_only", args.register_only),
             ("--sporadic", args.sporadic),
         )
@@ -241,7 +240,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except SharedMemoryError as exc:
         log.error("cannot talk to the BOINC client: %s", exc)
         return EXIT_INIT_FAILURE
-    adapter = Adapter(slot, init, job, shm, cmdline_args=argv, profile=profile)
+    adapter = Adapter(
+        slot, init, job, shm, cmdline_args=argv, profile=profile, trickle_period=max(0.0, args.trickle or 0.0)
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         adapter.request_quit(f"signal {signal.Signals(signum).name}")

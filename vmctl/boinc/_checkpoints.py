@@ -6,6 +6,10 @@ next status report (its ``checkpoint_cpu_time``), and older checkpoint snapshots
 only after the new record is on disk: a crash at any moment leaves a checkpoint to return to.
 A backend that cannot snapshot a running VM turns periodic checkpoints off (said once); a
 snapshot the hypervisor refuses for the moment is retried after :data:`CHECKPOINT_RETRY`.
+
+vboxwrapper's ``disable_automatic_checkpoints`` (``Job.checkpoint_reports``): no snapshots, but
+at every client checkpoint period a checkpoint is reported (the current CPU time as the
+checkpoint CPU time), as vboxwrapper's ``create_snapshot`` returns success without one.
 """
 
 from __future__ import annotations
@@ -41,13 +45,22 @@ class Checkpoints:
         self._cpu = cpu
         self._progress = progress
         self._report = report
-        self.enabled = task.job.checkpoints
+        self.enabled = task.job.checkpoints or task.job.checkpoint_reports
         """Periodic checkpoints are on (the job asks for them and the backend can take them)."""
         self.next_due = now + self.interval
+        self._said_reports_only = False
+
+    @property
+    def reports_only(self) -> bool:
+        """Checkpoints are reported without snapshots (vboxwrapper's disable_automatic_checkpoints)."""
+        return not self._task.job.checkpoints and self._task.job.checkpoint_reports
 
     @property
     def interval(self) -> float:
-        """max(the client's checkpoint period, the job's minimum), at least 1 s."""
+        """max(the client's checkpoint period, the job's minimum), at least 1 s; reported-only
+        checkpoints follow the client's period alone, as in vboxwrapper."""
+        if self.reports_only:
+            return max(self._task.init.checkpoint_period, 1.0)
         return max(self._task.init.checkpoint_period, self._task.job.min_checkpoint_interval, 1.0)
 
     def due(self, now: float) -> bool:
@@ -64,6 +77,14 @@ class Checkpoints:
         task = self._task
         now = task.clock()
         self.next_due = now + self.interval
+        if self.reports_only:
+            if not self._said_reports_only:
+                log.info("checkpoints are reported to the client without snapshots (disable_automatic_checkpoints)")
+                self._said_reports_only = True
+            self._cpu.checkpoint = self._cpu.now(vm)
+            log.debug("checkpoint reported without a snapshot: CPU time %.1f s", self._cpu.checkpoint)
+            self._report()
+            return
         if not (vm.capabilities.snapshots and vm.capabilities.live_snapshots):
             log.warning("the backend cannot snapshot a running VM: periodic checkpoints are off")
             self.enabled = False

@@ -14,6 +14,9 @@ hypervisor trouble                            state saved if it runs; ``boinc_te
 the task cannot succeed                       VM deleted; the failure's exit status
 ============================================  ==================================================
 
+Before the VM of a failing task is deleted (a failure, or the guest's non-zero exit code), its
+screen is saved in the slot and the hypervisor's log tail goes to stderr.txt (``_diagnosis``).
+
 The endings that stop the loop raise :class:`~vmctl.boinc._outcome.Done` once their files are
 written; :meth:`Endings.trouble` and :meth:`Endings.fatal` return the exit status instead (the
 loop calls them for :class:`~vmctl.boinc._outcome.Trouble` and :class:`~vmctl.boinc._outcome.Fatal`).
@@ -28,6 +31,7 @@ from typing import NoReturn
 import vmctl
 from vmctl.boinc._bootmedia import write_cern_output
 from vmctl.boinc._cputime import CpuTime
+from vmctl.boinc._diagnosis import diagnose
 from vmctl.boinc._guestfiles import GuestFiles, Trigger
 from vmctl.boinc._outcome import EXIT_ABORTED_BY_CLIENT, EXIT_CHILD_FAILED, Done, Fatal, Trouble, trouble_delay
 from vmctl.boinc._status import StatusReports
@@ -87,6 +91,7 @@ class Endings:
         else:
             log.warning("the guest finished with exit code %d%s", code, f": {trigger.message}" if trigger else "")
             self._files.log_console_tail()
+            diagnose(self._policy.vm, self._task.slot.path)
         self._policy.destroy()
         message = trigger.message if trigger is not None and trigger.message else None
         self._task.slot.write_finish(code, message, trigger.notice if trigger is not None else False)
@@ -157,6 +162,7 @@ class Endings:
     def fatal(self, message: str, code: int) -> int:
         """The task cannot succeed: delete the VM, fail with ``code``."""
         log.error("%s: the task fails (exit status %d)", message, code)
+        diagnose(self._policy.vm, self._task.slot.path)
         with contextlib.suppress(Exception):
             self._policy.destroy()
         with contextlib.suppress(Exception):  # names no VM process (see _status)

@@ -26,6 +26,10 @@ if __name__ == "__main__":
         from vmctl_qemu._keeper import main as keeper
 
         raise SystemExit(keeper(sys.argv[2:]))
+    if sys.argv[1:2] == ["vmctl-qemu-throttle"]:
+        from vmctl_qemu._throttle import main as throttle
+
+        raise SystemExit(throttle(sys.argv[2:]))
     from vmctl.boinc.__main__ import main
 
     raise SystemExit(main())

@@ -24,7 +24,6 @@ import errno
 import logging
 import math
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,8 @@ TRIGGER_MAX = 4096
 """Bytes of a trigger file read (a number, a flag and a message)."""
 PROGRESS_TAIL = 64
 """Bytes read from the end of the progress file."""
+HEARTBEAT_CHECKS = 3
+"""vboxwrapper's back-to-back heartbeat checks: missed this many times in a row, the guest is hung."""
 DEFAULT_OUTPUT_MAX = 4 << 30
 """The largest output copied when ``init_data.xml`` gives no ``rsc_disk_bound``."""
 
@@ -104,8 +105,12 @@ class GuestFiles:
         self._cmdline_args = cmdline_args
         self.fraction_done = 0.0
         """The task's progress, as last read (0..1)."""
-        #: wall time of the last resume: a guest cannot touch its heartbeat file while suspended
-        self._resumed_at: float | None = None
+        # the heartbeat checks (see heartbeat_silence)
+        self._beat_next: float | None = None
+        self._beat_ok_at = 0.0
+        self._beat_first = True
+        self._beat_seen: tuple[int, int, int] | None = None
+        self._beat_misses = 0
         self._refused: set[str] = set()
 
     def _refuse(self, exc: UnsafeFile) -> None:
@@ -223,26 +228,55 @@ class GuestFiles:
         return self.fraction_done
 
     def resumed(self) -> None:
-        """The client resumed the task: the guest had no chance to touch its heartbeat file."""
-        self._resumed_at = time.time()
+        """The client resumed the task: the guest could not touch its heartbeat file meanwhile,
+        and its clock may have jumped; the count of missed checks starts again."""
+        self._beat_misses = 0
 
     def heartbeat_silence(self, run_seconds: float) -> float | None:
-        """Seconds the guest has not touched its heartbeat file, if that is longer than the job
-        allows (``run_seconds``: how long this run has been running)."""
+        """Seconds since the guest's heartbeat file last changed, once that is vboxwrapper's
+        verdict of a hung guest; ``run_seconds``: how long this run has been running.
+
+        vboxwrapper's rules: the file is looked at every ``heartbeat_interval / 3`` s of running
+        time (the first look that long into the run); at the first look it must exist, at each
+        later one it must have changed since the previous look; three failed looks in a row mean
+        no heartbeat. A change is any change of its modification time, size or inode (the guest's
+        clock may be behind the host's or jump after a suspension: only changes count, never the
+        age). A link or a file that is not regular is no heartbeat."""
         job, shared = self._task.job, self.shared_path
         name = job.heartbeat_file
         if name is None or shared is None:
             return None
+        period = job.heartbeat_interval / HEARTBEAT_CHECKS
+        if self._beat_next is None:
+            self._beat_next = run_seconds + period
+            self._beat_ok_at = run_seconds
+            return None
+        if run_seconds < self._beat_next:
+            return None
+        # no drift from the 1 s polling, and never two looks in a row after a stall
+        self._beat_next += period
+        if self._beat_next <= run_seconds:
+            self._beat_next = run_seconds + period
         try:
-            age = time.time() - stat_beneath(shared, name).st_mtime
+            st = stat_beneath(shared, name)
+            seen: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except UnsafeFile as exc:  # a link to a busy host file is no sign of life
             self._refuse(exc)
-            age = run_seconds
+            seen = None
         except OSError:
-            age = run_seconds
-        if self._resumed_at is not None:
-            age = min(age, time.time() - self._resumed_at)
-        return age if age > job.heartbeat_interval else None
+            seen = None
+        first, self._beat_first = self._beat_first, False
+        alive = seen is not None and (first or seen != self._beat_seen)
+        if seen is not None:
+            self._beat_seen = seen
+        if alive:
+            self._beat_misses = 0
+            self._beat_ok_at = run_seconds
+            return None
+        self._beat_misses += 1
+        if self._beat_misses < HEARTBEAT_CHECKS:
+            return None
+        return run_seconds - self._beat_ok_at
 
     # -- what the guest leaves behind -------------------------------------------------------------
     def copy_outputs(self) -> list[str]:
@@ -271,6 +305,18 @@ class GuestFiles:
                 continue
             log.info("output %s -> %s (%d bytes)", out.source, out.target, size)
         return missing
+
+    def copy_to_output(self, source: str, target: str) -> int:
+        """Copy the guest's ``source`` (in the shared directory) to the result's output ``target``
+        now (an intermediate upload); returns its size. Raises :class:`UnsafeFile` (a link, not a
+        regular file, over the bound), :class:`Fatal` (a target outside the task's files or over
+        an input) or :class:`OSError`."""
+        shared = self.shared_path
+        if shared is None:
+            raise FileNotFoundError(errno.ENOENT, "no shared directory", source)
+        task = self._task
+        limit = int(task.init.rsc_disk_bound) if task.init.rsc_disk_bound > 0 else DEFAULT_OUTPUT_MAX
+        return copy_bounded(shared, source, self._output_target(target, self._inputs()), limit)
 
     def _inputs(self) -> set[str]:
         """The files the task reads (the job file, images, files copied to the guest)."""

@@ -43,6 +43,7 @@ RESERVED_SLOT_NAMES = frozenset(
         "vmctl_state.json",
         "vm_console.log",
         "vm",
+        "trickle_up.xml",
         *JOB_FILES,
     }
 )
@@ -100,6 +101,10 @@ class Job:
     heartbeat_interval: float = 600.0
     min_checkpoint_interval: float = 600.0
     checkpoints: bool = True
+    checkpoint_reports: bool = False
+    """Without snapshots (``checkpoints = false``), still tell the client of a checkpoint every
+    checkpoint period, as vboxwrapper does for ``disable_automatic_checkpoints``: the guest keeps
+    its own progress, and the CPU time so far is the task's on a restart."""
     poweroff_completes: bool = True
     max_retries: int = 10
     retry_delay: float = 30.0
@@ -127,6 +132,20 @@ class Job:
     """A floppy with init_data.xml (``enable_floppyio``), or with CERN's data format."""
     cern_dataformat: bool = False
     """The floppy holds vboxwrapper's ``BOINC_USERNAME=``... lines, not init_data.xml."""
+    trickle_trigger_files: tuple[str, ...] = ()
+    """Files in the shared directory whose contents go to the project as a trickle-up message
+    (variety: the file's name); each is deleted once handed to the client."""
+    intermediate_upload_files: tuple[str, ...] = ()
+    """Result output files (open names) the guest may write to the shared directory before the
+    task ends: each is copied to its output file and uploaded at once."""
+    web_graphics_guest_port: int = 0
+    """A forwarded guest port whose host side the client shows as the task's web graphics URL."""
+    remote_desktop: bool = False
+    """The VM's screen on a loopback remote desktop (VNC) the client shows (backends that can)."""
+    apply_cpu_usage_limit: bool | None = None
+    """Cap the VM at the preference ``cpu_usage_limit`` (the client does not throttle the app
+    versions of a ``vbox*`` plan class). None: when ``init_data.xml`` names such a plan class
+    (clients 8.2 and later), or for a ``vbox_job.xml`` (as vboxwrapper always does)."""
 
     @property
     def has_shared_dir(self) -> bool:
@@ -176,6 +195,8 @@ class Job:
                 ("heartbeat_file", self.heartbeat_file),
                 ("output", self.outputs),
                 ("copy_cmdline_to_shared", self.copy_cmdline_to_shared),
+                ("trickle_trigger_files", self.trickle_trigger_files),
+                ("intermediate_upload_files", self.intermediate_upload_files),
             )
             if value
         ]
@@ -189,9 +210,23 @@ class Job:
             self.temporary_exit_trigger_file,
             self.heartbeat_file,
             *(o.source for o in self.outputs),
+            *self.trickle_trigger_files,
         ):
             if name is not None:
                 relative_name(f"{self.source}: shared-directory file", name)
+        for name in self.intermediate_upload_files:
+            if not _PLAIN_NAME.fullmatch(name) or name in RESERVED_SLOT_NAMES:
+                raise JobError(
+                    f"{self.source}: intermediate upload file {name!r} must be a plain file name (the result "
+                    "output's open name) and none of the slot's own files"
+                )
+        if self.web_graphics_guest_port and not any(
+            pf.guest_port == self.web_graphics_guest_port for pf in self.port_forwards
+        ):
+            raise JobError(
+                f"{self.source}: web graphics on guest port {self.web_graphics_guest_port} needs a port forward "
+                "to that port"
+            )
         for what, name in (
             ("image", self.image),
             ("kernel", self.kernel),

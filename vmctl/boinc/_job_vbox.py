@@ -27,7 +27,9 @@ VBOX_KEYS: Mapping[str, str] = {
     "fraction_done_filename": "partial: fraction_done_file, in the shared directory (backends with shared folders)",
     "completion_trigger_file": "partial: in the shared directory (backends with shared folders)",
     "temporary_exit_trigger_file": "partial: in the shared directory (backends with shared folders)",
-    "heartbeat_filename": "partial: heartbeat_file in the shared directory (a stale heartbeat is a hung VM)",
+    "heartbeat_filename": "partial: heartbeat_file in the shared directory, looked at as vboxwrapper does (every "
+    "minimum_heartbeat_interval / 3 s of running time; it must exist, then change; three looks in a row without: "
+    "a hung VM, retried from the last checkpoint where vboxwrapper fails the task)",
     "minimum_heartbeat_interval": "honoured: heartbeat_interval",
     "multiattach_vdi_file": "honoured: the base image is this file in the project directory (never copied), "
     "as vboxwrapper resolves it; the backend must read its format",
@@ -39,13 +41,15 @@ VBOX_KEYS: Mapping[str, str] = {
     "enable_scratch_directory": "partial: <project>/scratch is shared as tag 'scratch'",
     "copy_to_shared": "partial: copied into the shared directory at the first start",
     "copy_cmdline_to_shared": "partial: the command line is written to shared/cmdline",
-    "pf_guest_port": "honoured: a loopback port forward",
+    "pf_guest_port": "honoured: a loopback port forward, sent to the client as the task's web graphics URL "
+    "(http://localhost:PORT; not when the app version has a graphics_app), as vboxwrapper does",
     "pf_host_port": "honoured as vboxwrapper does: the number is not bound; a free port is picked when the VM is "
     "made, kept for the task and logged",
     "port_forward": "honoured: guest_port/nports; each host port is picked free (never the literal number); "
     "is_remote is not (forwards are loopback only)",
     "enable_vm_savestate_usage": "honoured: vmctl-boinc always saves the VM's state on quit",
-    "disable_automatic_checkpoints": "honoured: checkpoints = false",
+    "disable_automatic_checkpoints": "honoured as vboxwrapper does: no checkpoint snapshots; at each of the client's "
+    "checkpoint periods a checkpoint is reported without one (the guest keeps its own progress)",
     "os_name": "honoured: a 64-bit type (..._64) requires hardware acceleration, as in vboxwrapper; "
     "vmctl picks the virtual hardware",
     "enable_floppyio": "partial: a floppy image vm_floppy_<slot>.img in the slot holding init_data.xml in "
@@ -60,16 +64,20 @@ VBOX_KEYS: Mapping[str, str] = {
     "boot_iso": "partial: the VM boots its CD-ROM before its disks (QEMU, libvirt); without "
     "enable_isocontextualization there is no CD-ROM, as in vboxwrapper",
     "network_bridged_mode": "refused: only NAT networking is available",
-    "trickle_trigger_file": "refused: trickle messages are not sent yet",
-    "intermediate_upload_file": "refused: intermediate uploads are not requested yet",
+    "trickle_trigger_file": "partial: each file of this name in the shared directory is sent as a trickle-up "
+    "(variety: its name) and deleted, as vboxwrapper does; may repeat",
+    "intermediate_upload_file": "partial: when the guest writes this result output to the shared directory it is "
+    "copied to the output and uploaded before the task ends (boinc_upload_file); may repeat",
     "vm_disk_controller_type": "ignored: vmctl picks the disk controller (virtio)",
     "vm_disk_controller_model": "ignored: vmctl picks the disk controller (virtio)",
     "vram_size_mb": "ignored: the VM is headless",
     "vm_network_driver": "ignored: vmctl picks the network card (virtio)",
     "enable_nat_dns_host_resolver": "ignored: NAT DNS is the backend's default",
-    "enable_remotedesktop": "ignored: no remote desktop yet (vboxwrapper too runs without one when "
-    "VirtualBox's extension pack is missing)",
-    "enable_screenshots_on_error": "ignored: no screenshot; the guest console's tail is written to stderr.txt",
+    "enable_remotedesktop": "partial: QEMU serves the VM's screen by VNC on 127.0.0.1 at a port free at each start, "
+    "sent to the client as remote_desktop_addr (localhost:PORT, as vboxwrapper); other backends run without, said once "
+    "(as vboxwrapper does without VirtualBox's extension pack)",
+    "enable_screenshots_on_error": "honoured: on every error (set or not) the VM's screen is saved in the slot "
+    "as vm_screenshot.png; the guest console's and the hypervisor's log tails go to stderr.txt",
     "enable_graphics_support": "ignored: the VM is headless",
 }
 
@@ -78,13 +86,16 @@ VBOX_OPTIONS: Mapping[str, str] = {
     "--nthreads": "honoured: the VM's CPUs (overrides the job file)",
     "--memory_size_mb": "honoured: the VM's memory (overrides the job file)",
     "--vmimage": "honoured: without multiattach_vdi_file the image is vm_image_N.vdi",
-    "--trickle": "refused: elapsed-time trickles are not sent yet",
+    "--trickle": "honoured: every X s of elapsed time a trickle-up of variety cpu_time, as vboxwrapper sends it",
     "--register_only": "refused: vmctl-boinc registers no VM without running it",
     "--sporadic": "refused: sporadic apps are not supported yet",
 }
 
 #: vboxwrapper.h's MIN_MEMORY_SIZE_MB: no VM of a vbox_job.xml gets less.
 VBOX_MIN_MEMORY_MB = 512
+
+#: Keys honoured on some backends only, for another reason than shared folders.
+_PARTIAL_WITHOUT_SHARES = frozenset({"enable_remotedesktop"})
 
 _BOOL_REFUSED = ("network_bridged_mode",)
 #: vboxwrapper.h's names of the slot's ISO and cache disk
@@ -132,6 +143,8 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     refused: list[str] = []
     forwards: list[PortForwardSpec] = []
     copy: list[str] = []
+    trickles: list[str] = []
+    uploads: list[str] = []
     pf_guest = 0
     media: dict[str, bool] = {}
     for el in root:
@@ -197,6 +210,15 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             pass  # always the behaviour
         elif tag == "disable_automatic_checkpoints":
             values["checkpoints"] = not _xml_bool(el)
+            values["checkpoint_reports"] = _xml_bool(el)
+        elif tag == "enable_remotedesktop":
+            values["remote_desktop"] = _xml_bool(el)
+        elif tag == "trickle_trigger_file":
+            if _xml_str(el):
+                trickles.append(relative_name(f"{source}: <{tag}>", _xml_str(el)))
+        elif tag == "intermediate_upload_file":
+            if _xml_str(el):
+                uploads.append(_plain_file_name(source, tag, _xml_str(el)))
         elif tag in _MEDIA_FLAGS:
             media[tag] = _xml_bool(el)
     _media(values, media, notes)
@@ -207,6 +229,12 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
         values["memory_mib"] = VBOX_MIN_MEMORY_MB
     if pf_guest:
         forwards.append(PortForwardSpec(guest_port=pf_guest))
+        # vboxwrapper: the pf_guest_port forward is the task's web graphics (http://localhost:<host port>)
+        values["web_graphics_guest_port"] = pf_guest
+    if trickles:
+        values["trickle_trigger_files"] = tuple(trickles)
+    if uploads:
+        values["intermediate_upload_files"] = tuple(uploads)
     if forwards:
         values["port_forwards"] = tuple(forwards)
         values["network"] = True
@@ -216,7 +244,11 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     values["refused"] = tuple(refused)
     if any(values.get(k) for k in ("shared_dir", "share_slot_dir", "share_project_dir", "scratch_dir")):
         values["share_keys"] = tuple(
-            dict.fromkeys(el.tag for el in root if VBOX_KEYS.get(el.tag, "").startswith("partial"))
+            dict.fromkeys(
+                el.tag
+                for el in root
+                if VBOX_KEYS.get(el.tag, "").startswith("partial") and el.tag not in _PARTIAL_WITHOUT_SHARES
+            )
         )
     return Job(**values).check()
 

@@ -45,9 +45,11 @@ from vmctl.boinc import reaper
 from vmctl.boinc._bootmedia import check_media
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
+from vmctl.boinc._cpulimit import CpuLimit
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._diskuse import DiskBound, vm_file_roots
 from vmctl.boinc._endings import Endings
+from vmctl.boinc._graphics import Graphics
 from vmctl.boinc._guestfiles import CONSOLE_LOG as CONSOLE_LOG
 from vmctl.boinc._guestfiles import CONSOLE_TAIL_LINES as CONSOLE_TAIL_LINES
 from vmctl.boinc._guestfiles import GuestFiles
@@ -77,6 +79,7 @@ from vmctl.boinc._suspension import CYCLE_LOG_INTERVAL as CYCLE_LOG_INTERVAL
 from vmctl.boinc._suspension import PARK_DELAY as PARK_DELAY
 from vmctl.boinc._suspension import Suspension
 from vmctl.boinc._task import Clock, Sleep, Task
+from vmctl.boinc._trickles import Transfers
 from vmctl.boinc._vmpolicy import SAVE_RETRY_PAUSE as SAVE_RETRY_PAUSE
 from vmctl.boinc._vmpolicy import SAVE_RETRY_TIME as SAVE_RETRY_TIME
 from vmctl.boinc._vmpolicy import VmPolicy
@@ -138,6 +141,7 @@ class Adapter:
         reap_at_start: bool = True,
         cmdline_args: Sequence[str] = (),
         profile: Profile | None = None,
+        trickle_period: float = 0.0,
     ) -> None:
         # The host's profile gives the backend; without one (a library caller) the job's backend
         # name is used with that backend's own defaults.
@@ -173,6 +177,9 @@ class Adapter:
         self._status = StatusReports(shm, self._task, self._cpu, self._files, self._policy)
         self._suspension = Suspension(self._task, self._cpu, self._policy)
         self._endings = Endings(self._task, self._cpu, self._files, self._policy, self._status)
+        self._transfers = Transfers(self._task, self._files, shm, trickle_period)
+        self._graphics = Graphics(self._task, shm)
+        self._cpu_limit = CpuLimit(self._task)
         self._disk = DiskBound(
             vm_file_roots(slot.path, self.backend_options), init.rsc_disk_bound, now, machine=lambda: self._policy.vm
         )
@@ -328,6 +335,7 @@ class Adapter:
                 f"backend: {'; '.join(job.refused)}. The task fails now rather than run a VM that waits for it"
             )
         task.adopt_previous_record()
+        self._transfers.start()
         if not task.state.extra.get("notes_said"):
             for note in job.notes:
                 log.warning("job file: %s", note)
@@ -362,7 +370,7 @@ class Adapter:
         except vmctl.MachineNotFound:
             if task.state.booted:
                 log.warning("the VM %s of this task is gone; starting its work afresh", task.vm_name)
-            self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
+            self._policy.vm = create_machine(hv, task, self._spec(hv))
             self._first_boot(hv)
         else:
             self._bring_up()
@@ -388,7 +396,13 @@ class Adapter:
                     raise
                 log.warning("a port picked for the VM was taken by another process; picking again (%s)", cause)
                 self._policy.machine.destroy()
-                self._policy.vm = create_machine(hv, task, machine_spec(task, self._files.shared_path))
+                self._policy.vm = create_machine(hv, task, self._spec(hv))
+
+    def _spec(self, hv: vmctl.Hypervisor) -> vmctl.MachineSpec:
+        spec = machine_spec(self._task, self._files.shared_path)
+        if self._graphics.remote_desktop(hv.capabilities):
+            spec = dataclasses.replace(spec, remote_desktop=True)
+        return spec
 
     def _bring_up(self) -> None:
         """Finish if the guest did so while no adapter was watching; otherwise get the VM RUNNING."""
@@ -416,6 +430,7 @@ class Adapter:
         beat = self.shm.receive(Channel.HEARTBEAT)
         if beat is not None:
             self._heartbeat(beat, now)
+        self._transfers.receive()
         if self.quit_requested is not None:
             self._endings.save_and_exit(self.quit_requested, temporary=False)
         if now >= self._next_slow:
@@ -499,6 +514,9 @@ class Adapter:
             self._endings.duration_reached(duration)
         fraction = self._files.update_progress(self._cpu.elapsed())
         if not self.suspended:
+            self._transfers.poll(self._cpu.elapsed())
+            self._graphics.poll(self._policy.vm, self._policy.pid)
+            self._cpu_limit.poll(self._policy.vm, self._policy.other_pid)
             self._status.send()
             if self._checkpoints.due(now) and state is vmctl.State.RUNNING:
                 self._checkpoints.take(self._policy.machine)

@@ -62,6 +62,10 @@ class InitData:
     cpu_usage_limit: float | None = None
     leave_apps_in_memory: bool | None = None
     http_proxy: str | None = None
+    plan_class: str = ""
+    no_priority_change: bool = False
+    """The volunteer runs apps at regular priority (cc_config's ``no_priority_change``)."""
+    """The app version's plan class (a ``vbox*`` one: the client does not throttle the task)."""
     vm_extensions_disabled: bool = False
     """The client saw a VM app fail for want of hardware virtualization on this host."""
     """``host:port`` of the HTTP proxy the volunteer configured, if any."""
@@ -161,6 +165,8 @@ def parse_init_data(text: str) -> InitData:
         hostid=_int(root, "hostid") or 0,
         user_total_credit=_float(root, "user_total_credit", 0.0),
         host_total_credit=_float(root, "host_total_credit", 0.0),
+        plan_class=_text(root, "plan_class") or "",
+        no_priority_change=bool(_int(root, "no_priority_change") or 0),
     )
 
 

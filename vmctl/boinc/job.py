@@ -19,6 +19,13 @@ keys (all optional except a disk ``image``, a ``kernel`` or a ``cdrom``)::
     shared_dir = true                   # <slot>/shared, seen by the guest as 9p tag "shared"
     shared_tag = "shared"
     copy_to_shared = ["input.dat"]      # open names copied into the shared dir at the first start
+    trickle_trigger_files = ["trickle"] # in the shared dir: each file found is sent as a trickle-up
+    intermediate_upload_files = ["part1"]   # result outputs the guest writes to the shared dir
+                                        # early: copied to the output and uploaded at once
+    web_graphics_guest_port = 80        # the forward to this guest port is the web graphics URL
+    remote_desktop = false              # the VM's screen on loopback VNC (the Manager's button)
+    apply_cpu_usage_limit = true        # cap the VM at cpu_usage_limit (vbox* plan classes;
+                                        # default: when init_data.xml names one)
     job_duration = 3600                 # seconds of running time = 100% (for fraction done)
     fraction_done_file = "progress"     # in the shared dir: last line a number 0..1
     completion_trigger_file = "done"    # in the shared dir: [exit code] [notice] [message]
@@ -122,9 +129,12 @@ _BOOL_KEYS = (
     "checkpoints",
     "poweroff_completes",
     "copy_cmdline_to_shared",
+    "remote_desktop",
+    "apply_cpu_usage_limit",
     "boot_cdrom",
     "floppy",
 )
+_LIST_KEYS = ("copy_to_shared", "trickle_trigger_files", "intermediate_upload_files")
 _NUM_KEYS = ("job_duration", "heartbeat_interval", "min_checkpoint_interval", "retry_delay")
 _TOML_KEYS = frozenset(
     (
@@ -134,7 +144,8 @@ _TOML_KEYS = frozenset(
         "memory_mib",
         "cpus",
         "max_retries",
-        "copy_to_shared",
+        *_LIST_KEYS,
+        "web_graphics_guest_port",
         "backend_options",
         "port_forward",
         "output",
@@ -189,11 +200,18 @@ def parse_toml(text: str, source: str = "vmctl_job.toml") -> Job:
     for key in ("image", "kernel", "initrd"):
         if key in values:
             relative_name(f"{source}: '{key}'", values[key])
-    if "copy_to_shared" in data:
-        files = data["copy_to_shared"]
-        if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
-            raise JobError(f"{source}: 'copy_to_shared' must be a list of file names")
-        values["copy_to_shared"] = tuple(relative_name(f"{source}: copy_to_shared", f) for f in files)
+    for key in _LIST_KEYS:
+        if key in data:
+            files = data[key]
+            if not isinstance(files, list) or not all(isinstance(f, str) and f for f in files):
+                raise JobError(f"{source}: '{key}' must be a list of file names")
+            values[key] = tuple(relative_name(f"{source}: {key}", f) for f in files)
+    if "web_graphics_guest_port" in data:
+        try:
+            port = port_number("web_graphics_guest_port", data["web_graphics_guest_port"], False)
+            values["web_graphics_guest_port"] = port
+        except JobError as exc:
+            raise JobError(f"{source}: {exc}") from None
     if "backend_options" in data:
         opts = data["backend_options"]
         if not isinstance(opts, dict):

@@ -66,6 +66,8 @@ class FakeClient:
             "starting_elapsed_time": 0.0,
             "checkpoint_period": 60.0,
             "ncpus": 1.0,
+            # as the test peers' cc_config: VMs of tests at regular priority on a shared machine
+            "no_priority_change": True,
         }
         self.init_fields.update(init_fields)
         self.queue: list[str] = []
@@ -114,6 +116,7 @@ class FakeClient:
         add("wu_cpu_time", float(f["wu_cpu_time"]))
         add("starting_elapsed_time", float(f["starting_elapsed_time"]))
         add("using_sandbox", 0)
+        add("no_priority_change", int(bool(f.get("no_priority_change", False))))
         add("vm_extensions_disabled", int(bool(f.get("vm_extensions_disabled", False))))
         add("checkpoint_period", float(f["checkpoint_period"]))
         add("fraction_done_start", 0.0)
@@ -124,6 +127,8 @@ class FakeClient:
         add("rsc_memory_bound", 2e9)
         add("rsc_disk_bound", float(f.get("rsc_disk_bound", 1e9)))
         add("computation_deadline", 0.0)
+        if f.get("plan_class"):
+            add("plan_class", f["plan_class"])
         host = ET.SubElement(root, "host_info")
         host.text = "\n"
         host.tail = "\n"
@@ -132,7 +137,7 @@ class FakeClient:
         prefs = ET.SubElement(root, "global_preferences")
         prefs.text = "\n"
         prefs.tail = "\n"
-        add("cpu_usage_limit", 100.0, prefs)
+        add("cpu_usage_limit", float(f.get("cpu_usage_limit", 100.0)), prefs)
         add("leave_apps_in_memory", 0, prefs)
         path = self.slot / INIT_DATA_FILE
         data = ET.tostring(root, encoding="unicode") + "\n"

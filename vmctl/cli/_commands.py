@@ -1,8 +1,9 @@
-"""The commands that act on machines: list, show, create, the verbs, snapshot, usage, destroy."""
+"""The commands that act on machines: list, show, create, the verbs, snapshot, screenshot, usage, destroy."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,22 @@ def _cmd_snapshot(args: argparse.Namespace, hv: Hypervisor) -> int:
         with _progress(args, f"delete snapshot of {vm.name}"):
             vm.delete_snapshot(args.snapshot, **kwargs)
         _out(f"{vm.name}: snapshot {args.snapshot} deleted")
+    return EXIT_OK
+
+
+def _cmd_screenshot(args: argparse.Namespace, hv: Hypervisor) -> int:
+    vm = hv.machine(args.name)
+    target = args.output or f"{vm.name}.png"
+    if target == "-" and sys.stdout.isatty():
+        raise _UsageError("will not write a PNG to a terminal: give -o FILE or redirect standard output")
+    shot = vm.screenshot(**_timeout(args))
+    if target == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.write(shot.png)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    shot.save(target)
+    _out(f"{vm.name}: screenshot {shot.width}x{shot.height} written to {target}")
     return EXIT_OK
 
 

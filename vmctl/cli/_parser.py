@@ -15,6 +15,7 @@ from ._commands import (
     _cmd_destroy,
     _cmd_list,
     _cmd_restart,
+    _cmd_screenshot,
     _cmd_show,
     _cmd_snapshot,
     _cmd_usage,
@@ -121,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("snapshot")
 
     add_import_parser(sub, timeout_parent)
+    p = sub.add_parser("screenshot", parents=[timeout_parent], help="save the guest's screen as a PNG")
+    p.add_argument("name")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="where to write the PNG (default: NAME.png in the current directory; - for standard output)",
+    )
 
     p = sub.add_parser("usage", parents=[json_parent], help="resource usage of machines (all by default)")
     p.add_argument("names", nargs="*", metavar="NAME")
@@ -146,6 +155,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, Hypervisor], int]] = {
     "create": _cmd_create,
     "restart": _cmd_restart,
     "snapshot": _cmd_snapshot,
+    "screenshot": _cmd_screenshot,
     "usage": _cmd_usage,
     "destroy": _cmd_destroy,
     "top": _cmd_top,

@@ -5,6 +5,7 @@ what the guest itself sees. One module per concern:
 - ``test_contract_running``: pause, suspend, snapshots and the network link, as the guest sees them
 - ``test_contract_power``: graceful and forced stop, restart, crash recovery
 - ``test_contract_processes``: other processes driving the same machines
+- ``test_contract_screen``: the guest's screen (``Machine.screenshot``)
 
 The tests take the plugin's fixtures (``harness``, ``hv``, ``make_vm``) and run once per selected
 harness (see :mod:`vmctl.testing.plugin`). A project may re-export them from a module of its own
