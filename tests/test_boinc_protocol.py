@@ -336,12 +336,9 @@ VBOX_JOB = """<vbox_job>
 
 def test_vbox_job_keys_honoured_and_reported() -> None:
     job = parse_vbox_xml(VBOX_JOB)
-    assert (job.image, job.memory_mib, job.job_duration, job.min_checkpoint_interval) == (
-        "cernvm.vdi",
-        2048,
-        86400.0,
-        900.0,
-    )
+    # with the ISO, vboxwrapper attaches no disk image (vbox_vboxmanage.cpp), multiattach or not
+    assert (job.image, job.cdrom, job.floppy) == (None, "vm_isocontext.iso", True)
+    assert (job.memory_mib, job.job_duration, job.min_checkpoint_interval) == (2048, 86400.0, 900.0)
     assert (job.fraction_done_file, job.completion_trigger_file, job.temporary_exit_trigger_file) == (
         "progress",
         "finished",
@@ -356,13 +353,15 @@ def test_vbox_job_keys_honoured_and_reported() -> None:
         PortForwardSpec(guest_port=80),
     )
     reported = {note.split(":")[0] for note in job.notes}
-    assert reported == {"port_forward/is_remote", "vm_disk_controller_type", "some_future_key"}
+    assert reported == {
+        "port_forward/is_remote",
+        "vm_disk_controller_type",
+        "some_future_key",
+        "multiattach_vdi_file",
+    }
     assert any("unknown vbox_job.xml key" in n for n in job.notes)
     # what the guest would wait for in vain fails the task at its start, never a note
-    assert {r.split(":")[0] for r in job.refused} == {
-        "enable_floppyio",
-        "enable_isocontextualization",
-    }
+    assert job.refused == (), "the floppy and the ISO are given (QEMU), trickles sent"
     assert job.trickle_trigger_files == ("trickle",), "sent as trickle-ups (tests/test_boinc_io.py)"
     assert job.needs_acceleration, "a 64-bit os_name requires hardware virtualization, as in vboxwrapper"
 

@@ -85,21 +85,50 @@ EXPECTED: dict[str, dict[str, Any]] = {
         "refused": set(),
         "graphics": (80, True),
     },
+    # boinc2docker (Cosmology@home): the ISO is the VM's boot medium and no disk image is attached
+    # (vbox_vboxmanage.cpp), the cache disk is the second disk
     "boinc2docker_app.xml": {
         "memory": 1024,
-        "refused": {"enable_isocontextualization", "enable_cache_disk"},
+        "image": None,
+        "cdrom": True,
+        "cache": True,
+        "network": True,
+        "ports": [],
+        "shares": {"shared": False},
+        "refused": set(),
     },
     "boinc2docker_example.xml": {
         "memory": 1024,
-        "refused": {"enable_isocontextualization"},
+        "image": None,
+        "cdrom": True,
+        "cache": False,
+        "network": True,
+        "ports": [],
+        "shares": {"shared": False, "scratch": False},
+        "completion": "completion_trigger_file",
+        "checkpoints": False,
+        "refused": set(),
     },
     "boinc2docker_x86_64.xml": {
         "memory": 1024,
-        "refused": {"enable_isocontextualization", "enable_cache_disk"},
+        "image": None,
+        "cdrom": True,
+        "cache": True,
+        "network": True,
+        "ports": [],
+        "shares": {"shared": False, "scratch": False},
+        "completion": "completion_trigger_file",
+        "refused": set(),
     },
     "cosmology_issue_1365.xml": {
         "memory": 1024,
-        "refused": {"enable_isocontextualization", "enable_cache_disk"},
+        "image": None,
+        "cdrom": True,
+        "cache": True,
+        "network": True,
+        "ports": [],
+        "shares": {"shared": False},
+        "refused": set(),
     },
     "boinc2docker_template.xml": {"error": "<memory_size_mb> must be a number, not '{memory}'"},
 }
@@ -162,11 +191,17 @@ def test_each_real_job_file_parses_to_what_its_project_meant(name: str) -> None:
     assert job.needs_acceleration, "every one is a 64-bit VM type (Linux26_64)"
     if want["refused"]:
         return
-    where, image = want["image"]
-    assert (job.image, job.image_in_project) == (image, where == "project")
+    if want["image"] is None:
+        assert (job.image, job.image_in_project) == (None, False), "no disk image beside the ISO, as vboxwrapper"
+    else:
+        where, image = want["image"]
+        assert (job.image, job.image_in_project) == (image, where == "project")
+    assert job.cdrom == ("vm_isocontext.iso" if want.get("cdrom") else None)
+    assert job.cache_disk == ("vm_cache.vdi" if want.get("cache") else None)
+    assert not job.boot_cdrom and not job.floppy
     assert [pf.guest_port for pf in job.port_forwards] == want["ports"]
     assert all(pf.host_port == 0 for pf in job.port_forwards), "never the literal host port (7859)"
-    assert job.network == bool(want["ports"])
+    assert job.network == want.get("network", bool(want["ports"]))
     shares = want["shares"]
     assert job.shared_dir or job.share_slot_dir
     assert job.share_project_dir == shares.get("project", False)
@@ -220,10 +255,16 @@ def lay_out(env: Env, name: str, text: str | None = None) -> dict[str, Any]:
     gives one)."""
     want = EXPECTED[name]
     env.write_job(text=text if text is not None else (JOBS / name).read_text(), name="vbox_job.xml")
-    image = want.get("image", ("slot", "vm_image.vdi"))[1]
-    (env.project / image).write_bytes(b"\x00" * 65536)
-    open_name = want.get("logical", image)
-    (env.slot / open_name).write_text(f"<soft_link>../../projects/p/{image}</soft_link>\n")
+    media = [
+        *(["vm_isocontext.iso"] if want.get("cdrom") else []),
+        *(["vm_cache.vdi"] if want.get("cache") else []),
+    ]
+    if want.get("image") is not None:
+        media.append(want.get("image", ("slot", "vm_image.vdi"))[1])
+    for image in media:
+        (env.project / image).write_bytes(b"\x00" * 65536)
+        open_name = want.get("logical", image)
+        (env.slot / open_name).write_text(f"<soft_link>../../projects/p/{image}</soft_link>\n")
     for copied in want.get("copy", ()):
         if not (env.slot / copied).exists():
             (env.project / f"{copied}_1").write_text("input\n")
@@ -251,8 +292,14 @@ def test_each_real_job_makes_the_vm_its_project_meant_or_fails_at_once(
     assert code is None, [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     spec = env.vm().spec
     assert spec.memory_mib == want["memory"] and spec.cpus == 1
-    assert spec.disk == env.project / want["image"][1], "the project's file, as vboxwrapper resolves it"
+    if want["image"] is None:
+        assert spec.disk is None and spec.cdrom == env.project / "vm_isocontext.iso", "the ISO, read where it is"
+        assert spec.extra_disks == ((env.slot / "vmctl_vm_cache.vdi",) if want["cache"] else ())
+    else:
+        assert spec.disk == env.project / want["image"][1], "the project's file, as vboxwrapper resolves it"
+        assert spec.cdrom is None and spec.extra_disks == ()
     assert spec.overlay, "never copied: the VM writes to an overlay"
+    assert spec.floppy is None
     assert set(spec.shared_dirs) == set(want["shares"])
     assert spec.shared_dirs["shared"] == env.slot / "shared"
     assert {t for t, ro in want["shares"].items() if ro} == set(spec.readonly_shares)

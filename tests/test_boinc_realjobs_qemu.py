@@ -186,3 +186,65 @@ def test_the_cms_template_ends_at_its_job_duration_with_a_free_port(
     assert task.adapter is not None and task.adapter.elapsed() >= 25, "ended at its duration, not before"
     assert (task.slot / FINISH_FILE).read_text() == "0\n"
     assert task.hv().machines() == [], "powered off and deleted, as vboxwrapper's cleanup()"
+
+
+ISO_MARK = "BOINC2DOCKER-ISO"
+# the guest's side of a boinc2docker job, standing in for boot2docker: its CD-ROM and cache
+# disk (the only disk: /dev/vda), then the completion trigger
+BOINC2DOCKER_RUN_SH = f"""\
+media load shared sr0 vda || true
+media list
+echo "VMCTL-GUEST CDROM $(dd if=/dev/sr0 bs=2048 count=1 2>/dev/null | head -c {len(ISO_MARK)})"
+echo CACHE-WRITTEN-BY-GUEST | dd of=/dev/vda bs=512 seek=1 conv=notrunc 2>/dev/null
+sync
+echo done > /tmp/trigger && share put shared /tmp/trigger completion_trigger_file
+"""
+
+
+def test_boinc2docker_gets_its_iso_and_cache_disk_and_completes(
+    tmp_path: Path, guest: TestGuest, tasks: list[QemuTask]
+) -> None:
+    """boinc2docker's x86_64 app version (Cosmology@home): the ISO as the VM's CD-ROM (no disk
+    image), vm_cache.vdi (a real VDI) as its disk, written in the slot's own copy; the guest
+    reads the one and writes the other, then writes the completion trigger."""
+    import subprocess
+
+    task = QemuTask(
+        tmp_path, guest, (JOBS / "boinc2docker_x86_64.xml").read_text(), image="unused.vdi", open_name="unused.vdi"
+    )
+    tasks.append(task)
+    iso = task.project / "vm_isocontext_1.iso"
+    iso.write_bytes(ISO_MARK.encode().ljust(2048 * 8, b"\0"))
+    task.link("vm_isocontext.iso", iso.name)
+    raw = tmp_path / "cache.raw"
+    raw.write_bytes(b"\0" * (1 << 20))
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "vdi", str(raw), str(task.project / "vm_cache.vdi")], check=True
+    )
+    task.link("vm_cache.vdi", "vm_cache.vdi")
+    (task.slot / "shared").mkdir()
+    (task.slot / "shared" / "run.sh").write_text(BOINC2DOCKER_RUN_SH)
+    assert guest.media_modules is not None
+    shutil.copyfile(guest.media_modules, task.slot / "shared" / "media-modules.tar")
+
+    task.start()
+    vm = task.hv().machine(VM)
+    spec = vm.spec
+    assert spec.disk is None and spec.cdrom == iso, "the ISO, not a disk image, as vboxwrapper attaches it"
+    own = task.slot / "vmctl_vm_cache.vdi"
+    assert spec.extra_disks == (own,) and spec.memory_mib == 1024 and spec.network is not None
+    assert set(spec.shared_dirs) == {"shared", "scratch"}
+
+    assert task.run_to_exit(120) == 0, task.console()[-2000:]
+    console = task.console()
+    assert "VMCTL-GUEST MEDIA sr0 bytes=16384 ro=1" in console, console[-2000:]
+    assert "VMCTL-GUEST MEDIA vda bytes=1048576 ro=0" in console
+    assert f"VMCTL-GUEST CDROM {ISO_MARK}" in console
+    assert (task.slot / FINISH_FILE).read_text() == "0\n"
+    back = tmp_path / "back.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vdi", "-O", "raw", str(own), str(back)], check=True)
+    assert back.read_bytes()[512:534] == b"CACHE-WRITTEN-BY-GUEST", "the guest wrote the slot's cache disk"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "vdi", "-O", "raw", str(task.project / "vm_cache.vdi"), str(back)], check=True
+    )
+    assert back.read_bytes() == raw.read_bytes(), "the project's cache disk is untouched"

@@ -10,6 +10,7 @@ import gzip
 import json
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,12 @@ def _packages(tmp: Path, prefix: str) -> list[Path]:
             # Dependencies come from modules.dep when the package has one; each module needs
             # one other here, so the order of the result shows that it was read.
             f"{moddir}/modules.dep": "".join(f"kernel/{m}.ko: kernel/netfs.ko\n" for m in image.GUEST_MODULES).encode()
-            + b"kernel/netfs.ko:\n",
-            **{f"{moddir}/kernel/{m}.ko": f"module {m}".encode() for m in (*image.GUEST_MODULES, "netfs")},
+            + b"kernel/netfs.ko:\n"
+            + "".join(f"kernel/{m}.ko: kernel/netfs.ko\n" for m in image.GUEST_MEDIA_MODULES).encode(),
+            **{
+                f"{moddir}/kernel/{m}.ko": f"module {m}".encode()
+                for m in (*image.GUEST_MODULES, *image.GUEST_MEDIA_MODULES, "netfs")
+            },
         },
     )
     busybox = _deb(tmp, "busybox-static", "1:1.37.0-1", {f"{prefix}bin/busybox": b"\x7fELF busybox"})
@@ -78,10 +83,17 @@ def test_build_reads_both_layouts(layout: str, tmp_path: Path, monkeypatch: pyte
     assert manifest["kernel_release"] == RELEASE
     assert manifest["modules"][0] == "netfs.ko"
     assert set(manifest["modules"]) == {f"{m}.ko" for m in ("netfs", *image.GUEST_MODULES)}
+    # the media drivers are kept beside the guest, out of the initramfs
+    assert manifest["media_modules"] == [f"{m}.ko" for m in image.GUEST_MEDIA_MODULES]
+    with tarfile.open(out / "media-modules.tar") as tar:
+        assert tar.getnames() == [*manifest["media_modules"], "list"]
+        listed = tar.extractfile("list")
+        assert listed is not None and listed.read().decode().split() == manifest["media_modules"]
     assert (out / "vmlinuz").read_bytes() == b"kernel"
     archive = gzip.decompress((out / "initrd.img").read_bytes())
     assert b"bin/busybox\0" in archive and b"\x7fELF busybox" in archive
     assert b"lib/modules/9p.ko\0" in archive and b"module 9p" in archive
+    assert b"sr_mod" not in archive and b"bin/media\0" in archive
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

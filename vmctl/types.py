@@ -45,6 +45,8 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,30}")
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_CPUS = 512
+#: virtio-blk PCI slots are plenty; a bound keeps a hostile spec from making thousands
+MAX_EXTRA_DISKS = 16
 
 
 class State(enum.StrEnum):
@@ -171,6 +173,15 @@ class MachineSpec:
     serial_log: Path | None = None
     readonly_shares: frozenset[str] = frozenset()
     """Tags of ``shared_dirs`` the guest may only read (the backend enforces it)."""
+    cdrom: Path | None = None
+    """An ISO image the guest sees as a read-only CD-ROM drive (the file is never written)."""
+    boot_from_cdrom: bool = False
+    """Boot the ``cdrom`` first, then the disk (else the disk first, then the CD-ROM)."""
+    extra_disks: Sequence[Path] = ()
+    """More disks after ``disk``, each attached as it is (no overlay: the guest writes to the
+    file itself, which keeps what it wrote across the machine's restarts), in this order."""
+    floppy: Path | None = None
+    """A raw floppy image the guest sees as its first floppy drive (writable)."""
     remote_desktop: bool = False
     """The machine's screen on a remote desktop server listening on 127.0.0.1 only, at a port
     the backend picks free at each start (:meth:`vmctl.Machine.remote_desktop_address`); no
@@ -205,8 +216,9 @@ class MachineSpec:
                 raise InvalidSpec("cmdline", "must be one line of text")
             if self.kernel is None:
                 raise InvalidSpec("cmdline", "a kernel command line needs a kernel")
-        if need_boot and self.disk is None and self.kernel is None:
-            raise InvalidSpec("disk", "a machine needs a disk image or a kernel to boot")
+        self._validate_media(check_files)
+        if need_boot and self.disk is None and self.kernel is None and self.cdrom is None:
+            raise InvalidSpec("disk", "a machine needs a disk image, a kernel or a CD-ROM to boot")
         if self.network is not None and not isinstance(self.network, Network):
             raise InvalidSpec("network", f"{self.network!r} is not a vmctl.Network")
         if not isinstance(self.shared_dirs, Mapping):
@@ -237,6 +249,33 @@ class MachineSpec:
                 raise InvalidSpec("serial_log", f"{log} is a directory")
             object.__setattr__(self, "serial_log", log)
 
+    def _validate_media(self, check_files: bool) -> None:
+        """The CD-ROM, the extra disks and the floppy: existing regular files, each used once."""
+        object.__setattr__(self, "cdrom", _existing_file(self.cdrom, "cdrom", check_files))
+        object.__setattr__(self, "floppy", _existing_file(self.floppy, "floppy", check_files))
+        if not isinstance(self.boot_from_cdrom, bool):
+            raise InvalidSpec("boot_from_cdrom", f"{self.boot_from_cdrom!r} is not a boolean")
+        if self.boot_from_cdrom and self.cdrom is None:
+            raise InvalidSpec("boot_from_cdrom", "booting from the CD-ROM needs a cdrom")
+        if isinstance(self.extra_disks, (str, bytes, Path)) or not isinstance(self.extra_disks, Sequence):
+            raise InvalidSpec("extra_disks", f"{self.extra_disks!r} is not a list of disk images")
+        extra = tuple(_existing_file(d, "extra_disks", check_files) for d in self.extra_disks)
+        if len(extra) > MAX_EXTRA_DISKS:
+            raise InvalidSpec("extra_disks", f"at most {MAX_EXTRA_DISKS} extra disks, not {len(extra)}")
+        object.__setattr__(self, "extra_disks", extra)
+        seen: dict[Path, str] = {}
+        for label, path in (
+            ("disk", self.disk),
+            ("cdrom", self.cdrom),
+            ("floppy", self.floppy),
+            *(("extra_disks", d) for d in extra),
+        ):
+            if path is None:
+                continue
+            if path in seen:
+                raise InvalidSpec(label, f"{path} is also the machine's {seen[path]}: each image is attached once")
+            seen[path] = label
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON- and TOML-friendly dict (paths as strings, ``None`` values left out)."""
         data: dict[str, Any] = {}
@@ -256,6 +295,11 @@ class MachineSpec:
                 continue
             elif f.name == "network":
                 value = {"port_forwards": [asdict(pf) for pf in value.port_forwards]}
+            elif f.name in ("extra_disks", "boot_from_cdrom"):
+                if not value:
+                    continue
+                if f.name == "extra_disks":
+                    value = [str(path) for path in value]
             data[f.name] = value
         return data
 
@@ -368,6 +412,9 @@ SPEC_FEATURES: Mapping[str, str] = {
     "serial_log": "a serial log file on this host",
     "overlay": "an overlay disk over the base image (overlay=True)",
     "direct_disk": "writing to the disk image itself (overlay=False)",
+    "cdrom": "a CD-ROM image (cdrom, boot_from_cdrom)",
+    "extra_disks": "extra disks attached as they are (extra_disks)",
+    "floppy": "a floppy image (floppy)",
     "remote_desktop": "a remote desktop of the machine's screen on loopback (remote_desktop=True)",
 }
 
@@ -385,6 +432,12 @@ def spec_features(spec: MachineSpec) -> list[str]:
         used.append("serial_log")
     if spec.disk is not None:
         used.append("overlay" if spec.overlay else "direct_disk")
+    if spec.cdrom is not None:
+        used.append("cdrom")
+    if spec.extra_disks:
+        used.append("extra_disks")
+    if spec.floppy is not None:
+        used.append("floppy")
     if spec.remote_desktop:
         used.append("remote_desktop")
     return used
@@ -419,6 +472,12 @@ class Capabilities:
     direct_disk: bool = True
     disk_usage: bool = False
     """:meth:`vmctl.Machine.disk_usage` knows the bytes the backend's files of a machine use."""
+    cdrom: bool = False
+    """``MachineSpec.cdrom`` and ``boot_from_cdrom`` (False by default: a backend claims what it built)."""
+    extra_disks: bool = False
+    """``MachineSpec.extra_disks``."""
+    floppy: bool = False
+    """``MachineSpec.floppy``."""
     screenshot: bool = False
     """:meth:`vmctl.Machine.screenshot` reads the guest's screen as PNG."""
     remote_desktop: bool = False

@@ -161,6 +161,9 @@ class LibvirtHypervisor(Hypervisor):
                 events=True,
                 usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
                 disk_usage=True,
+                cdrom=True,
+                extra_disks=True,
+                floppy=True,
                 screenshot=True,
             )
         if self.driver == "TEST":
@@ -169,7 +172,14 @@ class LibvirtHypervisor(Hypervisor):
             # reports no statistics besides the state.
             # Its screenshot is a fixed picture (libvirt's test-screenshot.png).
             return Capabilities(
-                network_toggle=False, events=True, usage_fields=frozenset(), disk_usage=True, screenshot=True
+                network_toggle=False,
+                events=True,
+                usage_fields=frozenset(),
+                disk_usage=True,
+                screenshot=True,
+                cdrom=True,
+                extra_disks=True,
+                floppy=True,
             )
         # Other hypervisor drivers (xen, ch, lxc...) are untested: offer the common verbs only.
         return Capabilities(
@@ -196,6 +206,12 @@ class LibvirtHypervisor(Hypervisor):
                 check_reachable(path, label, need_read=False)
         for tag, directory in spec.shared_dirs.items():
             check_reachable(directory / ".", f"shared_dirs[{tag}]", need_read=False)
+        if spec.cdrom is not None:  # not relabelled: read as it is
+            check_reachable(spec.cdrom, "cdrom", need_read=True)
+        # writable: libvirt relabels them for QEMU (and back when it ends), as the overlay
+        for label, path in (("floppy", spec.floppy), *(("extra_disks", d) for d in spec.extra_disks)):
+            if path is not None:
+                check_reachable(path, label, need_read=False)
 
     def _do_create(self, spec: MachineSpec) -> Machine:
         return self._define(spec)
@@ -246,6 +262,7 @@ class LibvirtHypervisor(Hypervisor):
             backing=backing,
             metadata=metadata,
             machine_type=self.machine_type if self.driver == "QEMU" else None,
+            extra_disk_formats=tuple(store.backing(path).format for path in spec.extra_disks),
         )
         xml = domain_xml(spec, plan)
         try:

@@ -19,7 +19,7 @@ from vmctl.backend.records import spec_from_record
 from vmctl.backend.usage import pid_alive
 from vmctl.errors import BackendError, InvalidState, MachineNotFound
 from vmctl.interface import Machine
-from vmctl.types import DiskUsage, MachineSpec, Snapshot, State, Usage
+from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage
 
 from ._adopt import disk_files, has_nvram, spec_from_domain
 from ._races import create_snapshot, delete_snapshot, list_snapshots, raise_if_lost_race, revert_to
@@ -157,6 +157,22 @@ class LibvirtMachine(Machine):
             xml = self._call("virDomainGetXMLDesc", lambda d: d.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             return spec_from_domain(xml)
         return spec_from_record(meta["spec"])
+
+    @property
+    def capabilities(self) -> Capabilities:
+        caps = self.hypervisor.capabilities
+        if caps.snapshots and self._why("snapshots"):
+            return caps.without("snapshots", "live_snapshots")
+        return caps
+
+    def _why(self, capability: str) -> str:
+        if capability in ("snapshots", "live_snapshots") and self._meta() is not None:
+            spec = self.spec
+            if spec.extra_disks or spec.floppy is not None:
+                # an internal snapshot of the overlay would pair the guest's memory with extra
+                # disks (written as they are, raw or VDI) in another state
+                return "the machine has extra disks or a floppy, written as they are: a snapshot would not hold them"
+        return ""
 
     def _crash_acknowledged(self, dom: libvirt.virDomain) -> bool:
         try:

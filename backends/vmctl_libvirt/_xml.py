@@ -41,6 +41,8 @@ class DomainPlan:
     backing: Backing | None
     metadata: dict[str, Any]
     machine_type: str | None = "q35"
+    #: the format of each of ``spec.extra_disks``, in order
+    extra_disk_formats: tuple[str, ...] = ()
 
 
 def _parse(text: str) -> ET.Element:
@@ -80,7 +82,8 @@ def domain_xml(spec: MachineSpec, plan: DomainPlan) -> str:
         if spec.cmdline is not None:
             _sub(os_el, "cmdline", spec.cmdline)
     else:
-        _sub(os_el, "boot", dev="hd")
+        for dev in ("cdrom", "hd") if spec.boot_from_cdrom else ("hd", "cdrom") if spec.cdrom is not None else ("hd",):
+            _sub(os_el, "boot", dev=dev)
     features = _sub(dom, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
@@ -104,6 +107,7 @@ def domain_xml(spec: MachineSpec, plan: DomainPlan) -> str:
             _sub(source, "seclabel", model="dac", relabel="no")
             _sub(store, "backingStore")
         _sub(disk, "target", dev="vda", bus="virtio")
+    _media(devices, spec, plan)
     for tag, directory in spec.shared_dirs.items():
         # "mapped": modes, owners, links and special files the guest makes are metadata
         # (xattrs) on plain files, never a host symlink, device node or setuid file
@@ -128,6 +132,31 @@ def domain_xml(spec: MachineSpec, plan: DomainPlan) -> str:
     if plan.domain_type != "test":
         _sub(devices, "memballoon", model="none")
     return ET.tostring(dom, encoding="unicode")
+
+
+def _media(devices: ET.Element, spec: MachineSpec, plan: DomainPlan) -> None:
+    """The extra disks (virtio, each file as it is), the CD-ROM (read-only, SATA: q35's AHCI) and
+    the floppy (raw, drive A). None of them is relabelled: they are the caller's files, which
+    QEMU opens as the user libvirt runs it as (see ``check_reachable``)."""
+    if len(plan.extra_disk_formats) != len(spec.extra_disks):
+        raise ValueError("one format for each extra disk")
+    for index, (path, fmt) in enumerate(zip(spec.extra_disks, plan.extra_disk_formats, strict=True)):
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type=fmt)
+        _sub(disk, "source", file=str(path))
+        _sub(disk, "target", dev=f"vd{chr(ord('b') + index)}", bus="virtio")
+    if spec.cdrom is not None:
+        disk = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(disk, "driver", name="qemu", type="raw")
+        source = _sub(disk, "source", file=str(spec.cdrom))
+        _sub(source, "seclabel", model="dac", relabel="no")
+        _sub(disk, "target", dev="sda", bus="sata")
+        _sub(disk, "readonly")
+    if spec.floppy is not None:
+        disk = _sub(devices, "disk", type="file", device="floppy")
+        _sub(disk, "driver", name="qemu", type="raw")
+        _sub(disk, "source", file=str(spec.floppy))
+        _sub(disk, "target", dev="fda", bus="fdc")
 
 
 def metadata_json(element_xml: str) -> dict[str, Any]:

@@ -27,8 +27,15 @@ class MemoryHypervisor(Hypervisor):
 
     @property
     def capabilities(self) -> Capabilities:
+        # the extra media are kept in the spec (there is no guest to show them to)
         return Capabilities(
-            cpu_limit=True, usage_fields=frozenset({"cpu_seconds", "memory_bytes"}), disk_usage=True, screenshot=True
+            cpu_limit=True,
+            usage_fields=frozenset({"cpu_seconds", "memory_bytes"}),
+            disk_usage=True,
+            screenshot=True,
+            cdrom=True,
+            extra_disks=True,
+            floppy=True,
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vmctl.types import MachineSpec
 
@@ -15,6 +16,8 @@ QMP_SOCKET = "qmp.sock"
 STATE_SOCKET = "state.sock"
 """State and statistics queries, from any process, without the lock."""
 DISK_NODE = "disk0"
+CDROM_NODE = "cdrom0"
+FLOPPY_NODE = "floppy0"
 NIC_NETDEV = "net0"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 """QEMU's seccomp filter, as libvirt sets it: no obsolete syscalls, no setuid/setgid/capset,
@@ -65,6 +68,7 @@ def qemu_argv(
     cpu_model: str | None = None,
     net_fd: int | None = None,
     extra: Sequence[str] = (),
+    extra_disk_formats: Sequence[str] = (),
 ) -> list[str]:
     """QEMU's argv. ``net_fd``: the guest's network is passt's socket (see ``_passt``); without
     it, QEMU's own user network with ``restrict=on``, so the guest cannot reach the host's
@@ -97,6 +101,9 @@ def qemu_argv(
             argv += ["-initrd", str(spec.initrd)]
         if spec.cmdline:
             argv += ["-append", spec.cmdline]
+    # boot order only where there is a choice (a machine without a CD-ROM keeps its old argv)
+    # (a kernel boots first: QEMU gives its loader bootindex 0)
+    disk_boot = "" if spec.cdrom is None or spec.kernel else f",bootindex={1 if spec.boot_from_cdrom else 0}"
     if disk is not None:
         # JSON syntax: no escaping rules for file names
         node = {
@@ -104,7 +111,8 @@ def qemu_argv(
             "node-name": DISK_NODE,
             "file": {"driver": "file", "filename": str(disk)},
         }
-        argv += ["-blockdev", json.dumps(node), "-device", f"virtio-blk-pci,drive={DISK_NODE},id=vda"]
+        argv += ["-blockdev", json.dumps(node), "-device", f"virtio-blk-pci,drive={DISK_NODE},id=vda{disk_boot}"]
+    argv += media_argv(spec, extra_disk_formats, machine_type)
     if spec.network is not None:
         argv += ["-netdev", netdev_option(spec, net_fd), "-device", f"virtio-net-pci,netdev={NIC_NETDEV},id=nic0"]
     for index, (tag, directory) in enumerate(sorted(spec.shared_dirs.items())):
@@ -122,6 +130,46 @@ def qemu_argv(
     if loadvm is not None:
         argv += ["-loadvm", loadvm]
     argv += list(extra)
+    return argv
+
+
+def extra_disk_node(index: int) -> str:
+    """The block node of ``spec.extra_disks[index]``."""
+    return f"xdisk{index}"
+
+
+def media_argv(spec: MachineSpec, extra_disk_formats: Sequence[str], machine_type: str = "q35") -> list[str]:
+    """The extra disks (virtio, after the main disk, each file as it is, in the format probed at
+    create), the CD-ROM (read-only raw, on the q35 AHCI controller's second port; pc machines
+    name their IDE buses alike) and the floppy (raw, drive A of an ISA floppy controller: q35
+    has none of its own, pc has one on the board)."""
+    argv: list[str] = []
+    node: dict[str, Any]
+    if len(extra_disk_formats) != len(spec.extra_disks):
+        raise ValueError("one format for each extra disk")
+    for index, (path, fmt) in enumerate(zip(spec.extra_disks, extra_disk_formats, strict=True)):
+        node = {"driver": fmt, "node-name": extra_disk_node(index), "file": {"driver": "file", "filename": str(path)}}
+        argv += [
+            "-blockdev",
+            json.dumps(node),
+            "-device",
+            f"virtio-blk-pci,drive={extra_disk_node(index)},id=xvd{index}",
+        ]
+    if spec.cdrom is not None:
+        node = {
+            "driver": "raw",
+            "node-name": CDROM_NODE,
+            "read-only": True,
+            "file": {"driver": "file", "filename": str(spec.cdrom), "read-only": True},
+        }
+        boot = "" if spec.kernel else f",bootindex={0 if spec.boot_from_cdrom or spec.disk is None else 1}"
+        argv += ["-blockdev", json.dumps(node), "-device", f"ide-cd,bus=ide.1,drive={CDROM_NODE},id=cd0{boot}"]
+    if spec.floppy is not None:
+        node = {"driver": "raw", "node-name": FLOPPY_NODE, "file": {"driver": "file", "filename": str(spec.floppy)}}
+        argv += ["-blockdev", json.dumps(node)]
+        if not machine_type.startswith("pc"):
+            argv += ["-device", "isa-fdc,id=fdc0"]
+        argv += ["-device", f"floppy,unit=0,drive={FLOPPY_NODE},id=fd0"]
     return argv
 
 

@@ -99,6 +99,9 @@ class QemuHypervisor(Hypervisor):
             events=True,
             usage_fields=frozenset({"cpu_seconds", "memory_bytes", "disk_read_bytes", "disk_write_bytes"}),
             disk_usage=True,
+            cdrom=True,
+            extra_disks=True,
+            floppy=True,
             screenshot=True,
             remote_desktop=True,
         )
@@ -144,6 +147,9 @@ class QemuHypervisor(Hypervisor):
                     record["disk"], record["disk_format"] = OVERLAY, "qcow2"
                 else:
                     record["disk"], record["disk_format"] = str(spec.disk), base_format
+            if spec.extra_disks:
+                # probed once, as the base is: the argv names each format (QEMU never guesses)
+                record["extra_disk_formats"] = [self.image_format(path) for path in spec.extra_disks]
             (directory / "machine.json").write_text(json.dumps(record, indent=1, sort_keys=True))
         return QemuMachine(self, spec.name)
 

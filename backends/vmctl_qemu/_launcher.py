@@ -172,6 +172,7 @@ def _start_keeper(
         loadvm=loadvm,
         cpu_model=hv.cpu_model,
         net_fd=net_fd,
+        extra_disk_formats=rec.get("extra_disk_formats", ()),
         extra=display_argv(rec),
     )
     run_id = uuid.uuid4().hex

@@ -89,6 +89,9 @@ log = logging.getLogger("vmctl.qemu")
 #: "shutdown" only between power-off and reset during a graceful restart (-no-shutdown is not set)
 _RUNSTATES = {**RUNSTATES, "shutdown": State.RUNNING}
 _NO_SNAPSHOTS = "the machine has no qcow2 disk (create it with overlay=True)"
+_MEDIA_NO_SNAPSHOTS = (
+    "the machine has extra disks or a floppy, written as they are: a snapshot of its disk would not hold them"
+)
 # files whose change may change the state (each is replaced by a rename, or deleted)
 _STATE_FILES = frozenset({RUN_RECORD, RECORD, "exit.json", SAVED_STATE})
 # a wait on events re-reads the state at least this often (a lock released changes no file)
@@ -192,6 +195,8 @@ class QemuMachine(Machine):
             rec = self._record()
             if rec.get("disk") is None or rec.get("disk_format") != "qcow2":
                 return _NO_SNAPSHOTS
+            if self.spec.extra_disks or self.spec.floppy is not None:
+                return _MEDIA_NO_SNAPSHOTS
         if capability == "screenshot" and self._record().get(DISPLAY_KEY) != "vga":
             return NO_DISPLAY
         return ""
@@ -453,6 +458,8 @@ class QemuMachine(Machine):
         disk = self._disk(rec)
         if disk is None or rec.get("disk_format") != "qcow2":
             raise Unsupported("qemu", "snapshots", _NO_SNAPSHOTS)
+        if self.spec.extra_disks or self.spec.floppy is not None:
+            raise Unsupported("qemu", "snapshots", _MEDIA_NO_SNAPSHOTS)
         return disk
 
     @_typed_os_errors

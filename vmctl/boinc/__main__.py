@@ -223,7 +223,7 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         job = job.with_overrides(
             cpus=math.ceil(args.nthreads) if args.nthreads else None, memory_mib=args.memory_size_mb
         )
-        if args.vmimage is not None and job.source.endswith(".xml") and not job.image_in_project:
+        if args.vmimage is not None and job.source.endswith(".xml") and not job.image_in_project and job.image:
             job = dataclasses.replace(job, image=vbox_image_name(args.vmimage))
     except JobError as exc:
         log.error("job file error: %s", exc)

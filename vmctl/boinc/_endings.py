@@ -29,6 +29,7 @@ import logging
 from typing import NoReturn
 
 import vmctl
+from vmctl.boinc._bootmedia import write_cern_output
 from vmctl.boinc._cputime import CpuTime
 from vmctl.boinc._diagnosis import diagnose
 from vmctl.boinc._guestfiles import GuestFiles, Trigger
@@ -101,6 +102,8 @@ class Endings:
         """The job's ``job_duration`` of running time is reached: as vboxwrapper, power the VM
         off, delete it and finish successfully (the guest's outputs copied, as at completion)."""
         log.info("the job's duration (%.0f s of running time) is reached: the task ends successfully", duration)
+        if self._task.job.cern_dataformat:
+            write_cern_output(self._task)
         self.complete(None)
 
     def guest_powered_off(self) -> NoReturn:

@@ -111,15 +111,27 @@ class Job:
     outputs: tuple[Output, ...] = ()
     notes: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()
-    """Keys whose guest contract no backend here can keep (a disk, ISO or floppy the guest
-    waits for): the task fails at its start (206), naming each, instead of running a VM that
-    cannot do its work."""
+    """Keys whose contract no backend here can keep (the guest or the project would wait for
+    something never given): the task fails at its start (206), naming each, instead of running a
+    VM that cannot do its work."""
     image_in_project: bool = False
     """vboxwrapper's ``multiattach_vdi_file``: ``image`` is a physical file name in the project
     directory, not an open name in the slot."""
     needs_acceleration: bool = False
+    """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
     share_keys: tuple[str, ...] = ()
     """The job file's keys that need the backend's shared folders (named when it has none)."""
+    cdrom: str | None = None
+    """An ISO in the slot the guest gets as a CD-ROM (vboxwrapper's ``enable_isocontextualization``:
+    ``vm_isocontext.iso``)."""
+    boot_cdrom: bool = False
+    """The VM boots its CD-ROM first (vboxwrapper's ``boot_iso``)."""
+    cache_disk: str | None = None
+    """A disk in the slot the guest gets as a second disk, written in place (``enable_cache_disk``)."""
+    floppy: bool = False
+    """A floppy with init_data.xml (``enable_floppyio``), or with CERN's data format."""
+    cern_dataformat: bool = False
+    """The floppy holds vboxwrapper's ``BOINC_USERNAME=``... lines, not init_data.xml."""
     trickle_trigger_files: tuple[str, ...] = ()
     """Files in the shared directory whose contents go to the project as a trickle-up message
     (variety: the file's name); each is deleted once handed to the client."""
@@ -134,7 +146,6 @@ class Job:
     """Cap the VM at the preference ``cpu_usage_limit`` (the client does not throttle the app
     versions of a ``vbox*`` plan class). None: when ``init_data.xml`` names such a plan class
     (clients 8.2 and later), or for a ``vbox_job.xml`` (as vboxwrapper always does)."""
-    """The job cannot run without hardware virtualization (vboxwrapper: a 64-bit ``os_name``)."""
 
     @property
     def has_shared_dir(self) -> bool:
@@ -166,8 +177,10 @@ class Job:
 
     def check(self) -> Job:
         """Cross-key checks; returns self."""
-        if self.image is None and self.kernel is None:
+        if self.image is None and self.kernel is None and self.cdrom is None:
             raise JobError(f"{self.source}: the job needs a disk 'image' or a 'kernel' to boot")
+        if self.boot_cdrom and self.cdrom is None:
+            raise JobError(f"{self.source}: booting from the CD-ROM needs a CD-ROM image")
         if self.initrd is not None and self.kernel is None:
             raise JobError(f"{self.source}: 'initrd' needs a 'kernel'")
         if self.cmdline is not None and self.kernel is None:
@@ -214,7 +227,13 @@ class Job:
                 f"{self.source}: web graphics on guest port {self.web_graphics_guest_port} needs a port forward "
                 "to that port"
             )
-        for what, name in (("image", self.image), ("kernel", self.kernel), ("initrd", self.initrd)):
+        for what, name in (
+            ("image", self.image),
+            ("kernel", self.kernel),
+            ("initrd", self.initrd),
+            ("cdrom", self.cdrom),
+            ("cache disk", self.cache_disk),
+        ):
             if name is not None:
                 relative_name(f"{self.source}: '{what}'", name)
         for name in self.copy_to_shared:

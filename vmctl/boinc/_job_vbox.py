@@ -52,11 +52,17 @@ VBOX_KEYS: Mapping[str, str] = {
     "checkpoint periods a checkpoint is reported without one (the guest keeps its own progress)",
     "os_name": "honoured: a 64-bit type (..._64) requires hardware acceleration, as in vboxwrapper; "
     "vmctl picks the virtual hardware",
-    "enable_floppyio": "refused: no floppy channel yet (the guest would wait for its floppy)",
-    "enable_cern_dataformat": "refused: CERN's floppy data format needs the floppy channel",
-    "enable_cache_disk": "refused: no second (cache) disk yet",
-    "enable_isocontextualization": "refused: no contextualisation ISO (CD-ROM) yet",
-    "boot_iso": "refused: the VM boots its disk image or a kernel, not an ISO",
+    "enable_floppyio": "partial: a floppy image vm_floppy_<slot>.img in the slot holding init_data.xml in "
+    "floppyio.cpp's layout, written when the VM is made (QEMU, libvirt)",
+    "enable_cern_dataformat": "partial: the floppy holds vboxwrapper's BOINC_USERNAME=... lines instead of "
+    "init_data.xml (with enable_floppyio); at job_duration, 'output' says 'Work Unit completed!'",
+    "enable_cache_disk": "partial: with enable_isocontextualization (alone, vboxwrapper ignores it too), the slot's "
+    "vm_cache.vdi as a second disk written in place, kept across restarts (the slot's own copy where the slot "
+    "only links to it) (QEMU, libvirt)",
+    "enable_isocontextualization": "partial: the slot's vm_isocontext.iso as a read-only CD-ROM, the VM's boot "
+    "medium instead of the disk image, as vboxwrapper attaches it (QEMU, libvirt)",
+    "boot_iso": "partial: the VM boots its CD-ROM before its disks (QEMU, libvirt); without "
+    "enable_isocontextualization there is no CD-ROM, as in vboxwrapper",
     "network_bridged_mode": "refused: only NAT networking is available",
     "trickle_trigger_file": "partial: each file of this name in the shared directory is sent as a trickle-up "
     "(variety: its name) and deleted, as vboxwrapper does; may repeat",
@@ -91,14 +97,10 @@ VBOX_MIN_MEMORY_MB = 512
 #: Keys honoured on some backends only, for another reason than shared folders.
 _PARTIAL_WITHOUT_SHARES = frozenset({"enable_remotedesktop"})
 
-_BOOL_REFUSED = (
-    "enable_floppyio",
-    "enable_cern_dataformat",
-    "enable_cache_disk",
-    "enable_isocontextualization",
-    "boot_iso",
-    "network_bridged_mode",
-)
+_BOOL_REFUSED = ("network_bridged_mode",)
+#: vboxwrapper.h's names of the slot's ISO and cache disk
+_ISO_IMAGE_FILENAME = "vm_isocontext.iso"
+_CACHE_DISK_FILENAME = "vm_cache.vdi"
 
 
 def _xml_bool(el: ET.Element) -> bool:
@@ -144,6 +146,7 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
     trickles: list[str] = []
     uploads: list[str] = []
     pf_guest = 0
+    media: dict[str, bool] = {}
     for el in root:
         tag = el.tag
         meaning = VBOX_KEYS.get(tag)
@@ -216,6 +219,9 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
         elif tag == "intermediate_upload_file":
             if _xml_str(el):
                 uploads.append(_plain_file_name(source, tag, _xml_str(el)))
+        elif tag in _MEDIA_FLAGS:
+            media[tag] = _xml_bool(el)
+    _media(values, media, notes)
     memory = values.get("memory_mib", 0)
     if memory < VBOX_MIN_MEMORY_MB:
         if memory:  # vboxwrapper.cpp: "Memory size %dMB is too small; setting to %dMB"
@@ -245,6 +251,37 @@ def parse_vbox_xml(text: str, source: str = "vbox_job.xml") -> Job:
             )
         )
     return Job(**values).check()
+
+
+_MEDIA_FLAGS = (
+    "enable_isocontextualization",
+    "enable_cache_disk",
+    "boot_iso",
+    "enable_floppyio",
+    "enable_cern_dataformat",
+)
+
+
+def _media(values: dict[str, Any], media: dict[str, bool], notes: list[str]) -> None:
+    """vbox_vboxmanage.cpp's ``create_vm``: with the ISO the VM gets no disk image, the ISO on
+    port 0 and the cache disk (only then) on port 1; ``boot_iso`` puts the DVD first."""
+    if media.get("enable_isocontextualization"):
+        values["cdrom"] = _ISO_IMAGE_FILENAME
+        if values.get("image_in_project"):
+            notes.append("multiattach_vdi_file: not attached with enable_isocontextualization, as in vboxwrapper")
+        values["image"] = None
+        values["image_in_project"] = False
+        if media.get("enable_cache_disk"):
+            values["cache_disk"] = _CACHE_DISK_FILENAME
+        values["boot_cdrom"] = media.get("boot_iso", False)
+    else:
+        for key in ("enable_cache_disk", "boot_iso"):
+            if media.get(key):
+                notes.append(f"{key}: ignored without enable_isocontextualization, as in vboxwrapper")
+    values["floppy"] = media.get("enable_floppyio", False)
+    values["cern_dataformat"] = values["floppy"] and media.get("enable_cern_dataformat", False)
+    if media.get("enable_cern_dataformat") and not values["floppy"]:
+        notes.append("enable_cern_dataformat: ignored without enable_floppyio (no floppy)")
 
 
 def _plain_file_name(source: str, tag: str, name: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import vmctl
 from vmctl.backend.ports import free_port
 from vmctl.boinc import reaper
+from vmctl.boinc._bootmedia import cache_disk, context_iso, write_floppy
 from vmctl.boinc._guestfiles import CONSOLE_LOG
 from vmctl.boinc._outcome import Fatal, Trouble
 from vmctl.boinc._task import Task
@@ -178,6 +179,9 @@ def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
         disk: Path | None = _project_image(task, job.image)
     else:
         disk = _slot_file(task, "base image", job.image)
+    cdrom = context_iso(task) if job.cdrom else None
+    extra_disks = [cache_disk(task)] if job.cache_disk else []
+    floppy = write_floppy(task) if job.floppy else None
     kernel = _slot_file(task, "kernel", job.kernel)
     initrd = _slot_file(task, "initrd", job.initrd)
     cpus = job.cpus or max(1, math.ceil(init.ncpus - 1e-9))
@@ -215,6 +219,10 @@ def machine_spec(task: Task, shared_path: Path | None) -> vmctl.MachineSpec:
             shared_dirs=shared,
             readonly_shares=frozenset(readonly),
             serial_log=task.slot.path / CONSOLE_LOG,
+            cdrom=cdrom,
+            boot_from_cdrom=job.boot_cdrom and cdrom is not None,
+            extra_disks=extra_disks,
+            floppy=floppy,
         )
     except vmctl.InvalidSpec as exc:
         raise Fatal(f"the job asks for an impossible VM: {exc}") from exc
@@ -231,6 +239,9 @@ def create_machine(hv: vmctl.Hypervisor, task: Task, spec: vmctl.MachineSpec) ->
         spec.disk or spec.kernel,
         "on" if spec.network else "off",
     )
+    for what, path in (("CD-ROM", spec.cdrom), ("floppy", spec.floppy), *(("extra disk", d) for d in spec.extra_disks)):
+        if path is not None:
+            log.info("the VM's %s: %s", what, path)
     if spec.serial_log is not None and not hv.capabilities.serial_log:
         # Backends whose VMs run elsewhere (vSphere) cannot write the console into the slot.
         spec = replace(spec, serial_log=None)

@@ -42,6 +42,7 @@ from pathlib import Path
 import vmctl
 from vmctl.backend.usage import pid_alive
 from vmctl.boinc import reaper
+from vmctl.boinc._bootmedia import check_media
 from vmctl.boinc._checkpoints import CHECKPOINT_RETRY as CHECKPOINT_RETRY
 from vmctl.boinc._checkpoints import Checkpoints
 from vmctl.boinc._cpulimit import CpuLimit
@@ -357,6 +358,7 @@ class Adapter:
                 f"the {job.backend} backend has no shared folders, which the job file's "
                 f"{', '.join(share_keys)} need: it cannot run this job"
             )
+        check_media(job, hv.capabilities)
         self._registration.register()
         self._files.prepare_shared()
         console = task.slot.path / CONSOLE_LOG

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmctl.boinc._xmlsafe import XmlRefused, parse_xml
@@ -69,6 +69,13 @@ class InitData:
     vm_extensions_disabled: bool = False
     """The client saw a VM app fail for want of hardware virtualization on this host."""
     """``host:port`` of the HTTP proxy the volunteer configured, if any."""
+    # the account, for vboxwrapper's CERN data format on the floppy (see _bootmedia.py)
+    user_name: str = ""
+    authenticator: str = field(default="", repr=False)
+    userid: int = 0
+    hostid: int = 0
+    user_total_credit: float = 0.0
+    host_total_credit: float = 0.0
 
 
 def _text(root: ET.Element, path: str) -> str | None:
@@ -152,6 +159,12 @@ def parse_init_data(text: str) -> InitData:
         leave_apps_in_memory=None if leave is None else bool(leave),
         http_proxy=proxy,
         vm_extensions_disabled=bool(_int(root, "vm_extensions_disabled") or 0),
+        user_name=_text(root, "user_name") or "",
+        authenticator=_text(root, "authenticator") or "",
+        userid=_int(root, "userid") or 0,
+        hostid=_int(root, "hostid") or 0,
+        user_total_credit=_float(root, "user_total_credit", 0.0),
+        host_total_credit=_float(root, "host_total_credit", 0.0),
         plan_class=_text(root, "plan_class") or "",
         no_priority_change=bool(_int(root, "no_priority_change") or 0),
     )

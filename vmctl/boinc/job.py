@@ -1,13 +1,18 @@
 """The job file: what VM to run for a task and how to tell when its work is done.
 
 The native format is TOML, ``vmctl_job.toml`` in the slot (an app-version file, usually). The
-keys (all optional except a disk ``image`` or a ``kernel``)::
+keys (all optional except a disk ``image``, a ``kernel`` or a ``cdrom``)::
 
     backend = "qemu"                    # a backend profile of the host (see hostconfig)
     image = "vm_image.qcow2"            # the base disk: an open name in the slot; never copied
     kernel = "vmlinuz"                  # direct kernel boot (open names in the slot) ...
     initrd = "initrd.img"
     cmdline = "console=ttyS0 vmctl.share=shared"
+    cdrom = "context.iso"               # an ISO the guest sees as a read-only CD-ROM (an open name)
+    boot_cdrom = false                  # true: the VM boots the CD-ROM before its disks
+    cache_disk = "cache.vdi"            # a second disk in the slot, written in place (kept across
+                                        # restarts; the slot's own copy if the slot links to it)
+    floppy = false                      # true: a floppy vm_floppy_<slot>.img holding init_data.xml
     memory_mib = 512
     cpus = 1                            # default: the task's CPU count from init_data.xml
     network = false                     # user-mode NAT; follows the client's network mode
@@ -51,18 +56,19 @@ Unknown keys are errors, and so is every value that could reach outside the slot
 chooses a program, a URI, a host or a directory (those come from the host's profile).
 
 BOINC vboxwrapper's ``vbox_job.xml`` is read too (see :data:`VBOX_KEYS`): every key it cannot
-honour is reported, never silently ignored, and a key whose guest contract cannot be kept (a
-floppy, ISO or second disk the guest waits for) fails the task at its start.
+honour is reported, never silently ignored, and a key whose contract cannot be kept (bridged
+networking, trickles; an ISO, cache disk or floppy on a backend without them) fails the task at
+its start.
 
 >>> job = parse_toml('image = "disk.qcow2"\\nmemory_mib = 512\\n[backend_options]\\naccel = "tcg"\\n')
 >>> job.backend, job.image, job.memory_mib, job.backend_options
 ('qemu', 'disk.qcow2', 512, {'accel': 'tcg'})
 >>> job = parse_vbox_xml('<vbox_job><memory_size_mb>1024</memory_size_mb><os_name>Linux26_64</os_name>'
-...                      '<vram_size_mb>16</vram_size_mb><enable_floppyio/></vbox_job>')
->>> job.image, job.memory_mib, job.needs_acceleration
-('vm_image.vdi', 1024, True)
+...                      '<vram_size_mb>16</vram_size_mb><network_bridged_mode/><enable_floppyio/></vbox_job>')
+>>> job.image, job.memory_mib, job.needs_acceleration, job.floppy
+('vm_image.vdi', 1024, True, True)
 >>> [w.split(':')[0] for w in job.notes], [w.split(':')[0] for w in job.refused]
-(['vram_size_mb'], ['enable_floppyio'])
+(['vram_size_mb'], ['network_bridged_mode'])
 """
 
 from __future__ import annotations
@@ -114,6 +120,8 @@ _STR_KEYS = (
     "completion_trigger_file",
     "temporary_exit_trigger_file",
     "heartbeat_file",
+    "cdrom",
+    "cache_disk",
 )
 _BOOL_KEYS = (
     "network",
@@ -123,6 +131,8 @@ _BOOL_KEYS = (
     "copy_cmdline_to_shared",
     "remote_desktop",
     "apply_cpu_usage_limit",
+    "boot_cdrom",
+    "floppy",
 )
 _LIST_KEYS = ("copy_to_shared", "trickle_trigger_files", "intermediate_upload_files")
 _NUM_KEYS = ("job_duration", "heartbeat_interval", "min_checkpoint_interval", "retry_delay")

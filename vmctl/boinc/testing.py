@@ -100,11 +100,14 @@ class FakeClient:
         for tag, value in (("major_version", 7), ("minor_version", 20), ("release", 5), ("app_version", 100)):
             add(tag, value)
         for tag in ("userid", "teamid", "hostid"):
-            add(tag, 0)
+            add(tag, int(f.get(tag, 0)))
         add("app_name", f["app_name"])
         add("project_dir", f["project_dir"])
         add("boinc_dir", f["boinc_dir"])
-        add("authenticator", "0123456789abcdef")
+        add("authenticator", f.get("authenticator", "0123456789abcdef"))
+        add("user_name", f.get("user_name", "volunteer"))
+        for tag in ("user_total_credit", "host_total_credit"):
+            add(tag, float(f.get(tag, 0.0)))
         add("wu_name", f["wu_name"])
         add("result_name", f["result_name"])
         add("shm_key", self.key if self.key is not None else -1)

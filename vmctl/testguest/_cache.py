@@ -23,7 +23,9 @@ from ._common import (
     _MANIFEST,
     DISK_SIZE,
     GUEST_CMDLINE,
+    GUEST_MEDIA_MODULES,
     GUEST_MODULES,
+    MEDIA_TAR,
     GuestBuildError,
     Progress,
     TestGuest,
@@ -95,6 +97,7 @@ def ensure_test_guest(cache_dir: Path | None = None, *, progress: Progress | Non
 def _guest_data_hash() -> str:
     h = hashlib.sha256()
     h.update(f"format={_BUILD_FORMAT}\nmodules={','.join(GUEST_MODULES)}\n".encode())
+    h.update(f"media_modules={','.join(GUEST_MEDIA_MODULES)}\n".encode())
     h.update(f"disk={DISK_SIZE}\n".encode())
     for name, dest, mode in _GUEST_FILES:
         path = _GUEST_DATA / name
@@ -120,6 +123,7 @@ def _load(manifest: Path) -> TestGuest:
         initrd=d / "initrd.img",
         disk=d / "disk.qcow2",
         cmdline=str(info.get("cmdline", GUEST_CMDLINE)),
+        media_modules=d / MEDIA_TAR if (d / MEDIA_TAR).is_file() else None,
     )
 
 

@@ -31,6 +31,13 @@ GUEST_MODULES: tuple[str, ...] = (
     "button",
 )
 
+#: Kernel modules kept beside the guest (``TestGuest.media_modules``, a tar) and loaded only on
+#: demand from a share (``media load TAG``, see vmctl/_guest/media.sh): the AHCI controller and
+#: SCSI CD-ROM drivers of a CD-ROM on q35's SATA and the floppy driver. In the initramfs they
+#: would make it a quarter larger, and the floppy driver's probe would slow every boot.
+GUEST_MEDIA_MODULES: tuple[str, ...] = ("ahci", "sr_mod", "floppy")
+MEDIA_TAR = "media-modules.tar"
+
 KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 DISK_SIZE = "64M"
@@ -45,6 +52,7 @@ _GUEST_FILES: tuple[tuple[str, str, int], ...] = (
     ("powerbutton.sh", "etc/acpi/PWRF/00000080", 0o755),
     ("udhcpc.sh", "etc/vmctl/udhcpc.sh", 0o755),
     ("share.sh", "bin/share", 0o755),
+    ("media.sh", "bin/media", 0o755),
 )
 _INITRAMFS_DIRS = (
     "bin",
@@ -82,6 +90,9 @@ class TestGuest:
     initrd: Path
     disk: Path
     cmdline: str
+    media_modules: Path | None = None
+    """A tar of the CD-ROM and floppy drivers, kept out of the initramfs (they would slow every
+    boot): copy it into a 9p share and run ``media load TAG`` in the guest."""
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
+import tarfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ._apt import _download
@@ -19,7 +21,9 @@ from ._common import (
     BUSYBOX_PACKAGE,
     DISK_SIZE,
     GUEST_CMDLINE,
+    GUEST_MEDIA_MODULES,
     GUEST_MODULES,
+    MEDIA_TAR,
     GuestBuildError,
     Progress,
     _Versions,
@@ -54,10 +58,13 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
 
     report(f"collecting kernel modules for {release}")
     modules = _resolve_modules(moddir, GUEST_MODULES)
+    loaded = {name for name, _ in modules}
+    media = [(name, data) for name, data in _resolve_modules(moddir, GUEST_MEDIA_MODULES) if name not in loaded]
 
     report("building the initramfs")
     staging = work / "initramfs"
     _stage_initramfs(staging, busybox, modules)
+    _write_media_tar(out / MEDIA_TAR, media)
     _make_cpio_gz(staging, out / "initrd.img")
 
     report("building the disk image")
@@ -71,10 +78,11 @@ def _build(out: Path, v: _Versions, data_hash: str, report: Progress) -> None:
         "busybox_version": v.busybox_version,
         "data_hash": data_hash,
         "modules": [name for name, _ in modules],
+        "media_modules": [name for name, _ in media],
         "cmdline": GUEST_CMDLINE,
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    for name in ("vmlinuz", "initrd.img", "disk.qcow2"):
+    for name in ("vmlinuz", "initrd.img", "disk.qcow2", MEDIA_TAR):
         (out / name).chmod(0o444)
     (out / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     out.chmod(0o755)
@@ -85,6 +93,16 @@ def _one(paths: Iterable[Path], what: str) -> Path:
     if len(found) != 1:
         raise GuestBuildError(f"expected exactly one {what}, found {[p.name for p in found]}")
     return found[0]
+
+
+def _write_media_tar(dest: Path, media: Sequence[tuple[str, bytes]]) -> None:
+    """The media drivers and ``list`` (their load order), with fixed metadata (reproducible)."""
+    members = [*media, ("list", "".join(f"{n}\n" for n, _ in media).encode())]
+    with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _stage_initramfs(staging: Path, busybox: Path, modules: list[tuple[str, bytes]]) -> None:

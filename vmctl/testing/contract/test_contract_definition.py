@@ -138,7 +138,12 @@ def test_spec_features_the_backend_lacks_are_refused_at_create(
         "serial_log": {"serial_log": tmp_path / "console.log"},
         "overlay": {"overlay": True},
         "direct_disk": {"overlay": False},
+        "cdrom": {"cdrom": kernel.with_name("context.iso")},
+        "extra_disks": {"extra_disks": [kernel.with_name("cache.img")]},
+        "floppy": {"floppy": kernel.with_name("floppy.img")},
     }
+    for name in ("context.iso", "cache.img", "floppy.img"):
+        kernel.with_name(name).write_bytes(b"\0" * 2048)
     before = {vm.name for vm in hv.machines()}
     for feature, change in uses.items():
         assert isinstance(getattr(caps, feature), bool)
