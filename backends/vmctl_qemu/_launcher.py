@@ -46,6 +46,8 @@ KEEPER_SCRIPT = (
 )
 SAVED_STATE = "state.bin"
 PARTIAL_STATE = SAVED_STATE + ".tmp"
+#: a paused machine's disk byte counts, kept by the first reader after the pause (``_usage``)
+BLOCK_IO = "blockio.json"
 
 
 def read_json(directory: Path, filename: str) -> dict[str, Any] | None:
@@ -136,7 +138,7 @@ def launch(
 ) -> None:
     """Start QEMU for the machine under a keeper and wait until its monitor answers."""
     hv = vm.hypervisor
-    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json", MOVING):
+    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json", MOVING, BLOCK_IO):
         with contextlib.suppress(FileNotFoundError):
             (vm.dir / stale).unlink()
     passt_binary = find_passt(hv.passt) if vm.spec.network is not None else None

@@ -8,6 +8,8 @@ Files in the machine's directory:
 - ``run.json`` / ``exit.json``: written by the keeper: QEMU's pid, then its exit status
   and, rewritten on every QMP event of QEMU's run state, that run state, the event that changed
   it and when (trusted while the keeper lives and holds its lock on the file: :mod:`._keeper`)
+- ``blockio.json``: a paused machine's disk byte counts, kept by the first reader after the
+  pause for the readers until it resumes (:mod:`._usage`)
 - ``state.bin``: the saved machine state while SUSPENDED (``state.bin.tmp`` while it is written)
 - ``qemu.log``: QEMU's stderr, kept after a crash; ``console.log``: the serial console
   when the spec names no ``serial_log``
@@ -43,7 +45,6 @@ from vmctl.backend.locking import lock_held
 from vmctl.backend.records import inside, spec_from_record
 from vmctl.backend.store import LOCK, RECORD
 from vmctl.backend.tools import run_tool
-from vmctl.backend.usage import usage_of_process
 from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError, os_error_code
 from vmctl.interface import ALLOWED_FROM, POLL_INTERVAL, Machine
 from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage
@@ -75,6 +76,7 @@ from ._sequences import (
     snapshot_name,
     snapshot_tag,
 )
+from ._usage import machine_usage
 from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
@@ -491,17 +493,7 @@ class QemuMachine(Machine):
         return DiskUsage(self.name, allocated_bytes([self.dir]) or 0, (str(self.dir),))
 
     def _do_usage(self) -> Usage:
-        rec = self._record()
-        proc = self._process(rec) if rec.get("status") != "suspended" else None
-        if proc is None:
-            return Usage(machine=self.name)
-        read = write = None
-        with contextlib.suppress(BackendError, OperationTimeout):
-            with _qmp.session(self.dir / STATE_SOCKET, 5) as s:
-                stats = s.execute("query-blockstats", timeout=5)
-                read = sum(int(d["stats"]["rd_bytes"]) for d in stats)
-                write = sum(int(d["stats"]["wr_bytes"]) for d in stats)
-        return usage_of_process(self.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write)
+        return machine_usage(self, self._record())
 
     @_typed_os_errors
     def _do_set_network(self, enabled: bool) -> None:
