@@ -319,8 +319,7 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
             s.add("usage/fresh", timed(lambda: raw.usage(fresh=True)))
             pair("pause", i, vm.pause, lambda: raw.cmd("stop"))
             pair("resume", i, vm.resume, lambda: raw.cmd("cont"))
-        for _ in range(fast_rounds // 4):  # pause/resume with a fresh connection each (as vmctl)
-            s.add("pause/fresh", timed(lambda: raw.fresh("stop")))
+            s.add("pause/fresh", timed(lambda: raw.fresh("stop")))  # a connection each, as vmctl
             s.add("resume/fresh", timed(lambda: raw.fresh("cont")))
 
         slow_rounds = 5 if quick else 15
@@ -339,7 +338,17 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
 
     table = report.table(
         "Verb latency: vmctl against raw QMP (interleaved, ms)",
-        ["verb", "n", "vmctl median", "vmctl p95", "raw median", "raw p95", "ratio", "raw, new connection"],
+        [
+            "verb",
+            "n",
+            "vmctl median",
+            "vmctl p95",
+            "raw median",
+            "raw p95",
+            "ratio",
+            "raw, new connection",
+            "ratio to new connection",
+        ],
     )
     for verb in ("pause", "resume", "state", "usage", "snapshot", "revert", "delete_snapshot", "suspend",
                  "start-restore"):  # fmt: skip
@@ -353,6 +362,7 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
             ms(p95(theirs)),
             ratio(med(ours), med(theirs)),
             ms(med(fresh)) if fresh else "-",
+            ratio(med(ours), med(fresh)) if fresh else "-",
         )
     table.note(
         f"{MEMORY_MIB} MiB TCG guests, booted and idle; both run during the whole measurement. "
@@ -361,8 +371,9 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
     table.note(
         "vmctl per verb: reads its record, checks the QEMU process, takes the machine's lock, settles "
         "leftovers of killed processes and checks the state under the lock (both from the run state "
-        "the keeper holds from QEMU's events, no QMP), opens one QMP session (connect + capabilities "
-        "negotiation), sends the command, and waits for the keeper to report the run state it caused. "
+        "the keeper holds from QEMU's events, no QMP), opens one QMP session on a blocking socket "
+        "(the capabilities negotiation goes out with the command: one exchange), and waits for the "
+        "keeper to report the run state it caused. "
         "vmctl's state is read from the keeper's run.json: no QMP round trip."
     )
     table.note(
@@ -448,7 +459,8 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         "connection; interleaved with usage_all()."
     )
     table.note(
-        "The keeper is a small Python process per VM that parents QEMU and records its exit status, "
+        "The keeper is a small Python process per VM (python -S -I, C modules only) that parents QEMU "
+        "and records its exit status, "
         "so that any process can tell a guest that powered off from a QEMU that died, and follows "
         "QEMU's QMP events to keep the run state. USS is the memory it alone uses; RSS counts shared "
         "library pages again for each keeper."
