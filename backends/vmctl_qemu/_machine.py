@@ -149,6 +149,7 @@ class QemuMachine(Machine):
                     settle(self, timeout)
                 yield
         except _qmp.MonitorLost as exc:
+            self._await_exit(3.0)
             state = self._get_state()
             if verb not in ALLOWED_FROM or state in ALLOWED_FROM[verb]:
                 raise
@@ -157,6 +158,15 @@ class QemuMachine(Machine):
             raise
         except OSError as exc:
             raise _os_error(self.name, verb, exc) from exc
+
+    def _await_exit(self, timeout: float) -> None:
+        """QEMU's monitor vanished under a command: QEMU is ending (killed, or quit by another
+        caller); give it ``timeout`` to be gone, so that the state read next says what it was
+        (CRASHED, STOPPED), not UNKNOWN for a QEMU that is still tearing itself down."""
+        proc = self._process(self._record())
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.wait(timeout)
 
     def _recover_if_idle(self) -> None:
         """When a handle is opened: settle what a killed process left, unless a verb is running
@@ -306,7 +316,7 @@ class QemuMachine(Machine):
         return proc.pid if proc is not None else None
 
     def _monitor(self, timeout: float = 10) -> contextlib.AbstractContextManager[_qmp.QmpSession]:
-        return _qmp.session(self.dir / QMP_SOCKET, timeout)
+        return _qmp.locked_session(self.dir / QMP_SOCKET, timeout)
 
     # -- verbs -------------------------------------------------------------------------------
     @_typed_os_errors

@@ -2,10 +2,11 @@
 
 QEMU's QMP socket serves one client at a time, and vmctl machines are controlled from several
 processes, so every operation opens its own session and closes it at once. A session costs what
-QMP itself costs: the capabilities negotiation goes out with the first command (QEMU runs a
-client's commands in order, and the first switches the monitor to command mode), and no
-event loop or other thread is involved (before: qemu.qmp on vmctl's event-loop thread, three
-hand-offs between threads per command). Replies are matched by id; events in between are
+QMP itself costs: the capabilities negotiation goes out at once, the first command right after
+QEMU's greeting (a query even before it; QEMU runs a client's commands in order, and the
+negotiation switches the monitor to command mode), and no event loop or other thread is
+involved (before: qemu.qmp on vmctl's event-loop thread, three hand-offs between threads per
+command). Replies are matched by id; events in between are
 skipped; every read is bounded.
 """
 
@@ -96,6 +97,8 @@ class QmpSession:
         self._ids = itertools.count(1)
         self._greeted = False
         self._negotiating: str | None = None
+        #: send commands before QEMU's greeting (see :func:`locked_session`)
+        self.eager = False
 
     def _send(self, message: dict[str, Any], command: str, fds: tuple[int, ...] = ()) -> None:
         data = json.dumps(message).encode() + b"\n"
@@ -136,14 +139,17 @@ class QmpSession:
             raise _lost(f"QMP {command} failed", command, "not QMP: not an object")
         return message
 
+    def _greeting(self, command: str, deadline: float, timeout: float) -> None:
+        """QEMU greets a client once it serves it (a monitor serves one client at a time)."""
+        if not self._greeted:
+            if "QMP" not in self._message(command, deadline, timeout):
+                raise _lost(f"QMP {command} failed", command, "no QMP greeting")
+            self._greeted = True
+
     def _reply(self, ident: str, command: str, deadline: float, timeout: float) -> Any:
+        self._greeting(command, deadline, timeout)
         while True:
             message = self._message(command, deadline, timeout)
-            if not self._greeted:
-                if "QMP" not in message:
-                    raise _lost(f"QMP {command} failed", command, "no QMP greeting")
-                self._greeted = True
-                continue
             if message.get("id") != ident or ("return" not in message and "error" not in message):
                 continue  # an event, or the answer to an earlier command given up on
             if "error" in message:
@@ -165,6 +171,10 @@ class QmpSession:
         message: dict[str, Any] = {"execute": command, "id": ident}
         if arguments:
             message["arguments"] = dict(arguments)
+        if not self.eager and not command.startswith("query-"):
+            # a command that changes something goes out only once QEMU serves this client:
+            # one given up on while another client holds the monitor must not run later
+            self._greeting(command, deadline, timeout)
         self._sock.settimeout(timeout)
         self._send(message, command, fds)
         if self._negotiating is not None:  # sent with the first command: its answer comes first
@@ -213,6 +223,16 @@ class QmpSession:
                     self.execute("job-cancel", {"id": job_id})
                 raise OperationTimeout(f"QEMU job {job_id}", timeout)
             time.sleep(next(pauses))
+
+
+@contextlib.contextmanager
+def locked_session(socket_path: Path, timeout: float = 10) -> Iterator[QmpSession]:
+    """A :func:`session` on a machine's own command monitor, which only the holder of the
+    machine's lock uses: no other client can hold it, so commands go out at once, before
+    QEMU's greeting (one exchange with QEMU for the capabilities and the command)."""
+    with session(socket_path, timeout) as qmp:
+        qmp.eager = True
+        yield qmp
 
 
 @contextlib.contextmanager
