@@ -246,6 +246,27 @@ def create_into(made: list[vmctl.Machine], hv: vmctl.Hypervisor, machine: vmctl.
     made.append(hv.create(machine))
 
 
+def raw_sweep(loop: asyncio.AbstractEventLoop, machines: list[tuple[Path, int]]) -> None:
+    """What a process of its own must do for every machine's usage without vmctl: the QEMU
+    process's counters (psutil) and query-blockstats over a new QMP connection."""
+
+    async def blockstats(sock: Path) -> Any:
+        client = QMPClient("raw-sweep")
+        await client.connect(str(sock))
+        try:
+            return await client.execute("query-blockstats")
+        finally:
+            await client.disconnect()
+
+    for directory, pid in machines:
+        proc = psutil.Process(pid)
+        with proc.oneshot():
+            proc.cpu_times()
+            proc.memory_info()
+            proc.io_counters()
+        loop.run_until_complete(blockstats(directory / "state.sock"))
+
+
 class Samples:
     def __init__(self) -> None:
         self.data: dict[str, list[float]] = {}
@@ -298,8 +319,7 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
             s.add("usage/fresh", timed(lambda: raw.usage(fresh=True)))
             pair("pause", i, vm.pause, lambda: raw.cmd("stop"))
             pair("resume", i, vm.resume, lambda: raw.cmd("cont"))
-        for _ in range(fast_rounds // 4):  # pause/resume with a fresh connection each (as vmctl)
-            s.add("pause/fresh", timed(lambda: raw.fresh("stop")))
+            s.add("pause/fresh", timed(lambda: raw.fresh("stop")))  # a connection each, as vmctl
             s.add("resume/fresh", timed(lambda: raw.fresh("cont")))
 
         slow_rounds = 5 if quick else 15
@@ -318,7 +338,17 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
 
     table = report.table(
         "Verb latency: vmctl against raw QMP (interleaved, ms)",
-        ["verb", "n", "vmctl median", "vmctl p95", "raw median", "raw p95", "ratio", "raw, new connection"],
+        [
+            "verb",
+            "n",
+            "vmctl median",
+            "vmctl p95",
+            "raw median",
+            "raw p95",
+            "ratio",
+            "raw, new connection",
+            "ratio to new connection",
+        ],
     )
     for verb in ("pause", "resume", "state", "usage", "snapshot", "revert", "delete_snapshot", "suspend",
                  "start-restore"):  # fmt: skip
@@ -332,6 +362,7 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
             ms(p95(theirs)),
             ratio(med(ours), med(theirs)),
             ms(med(fresh)) if fresh else "-",
+            ratio(med(ours), med(fresh)) if fresh else "-",
         )
     table.note(
         f"{MEMORY_MIB} MiB TCG guests, booted and idle; both run during the whole measurement. "
@@ -340,8 +371,9 @@ def bench_latency(report: Report, guest: TestGuest, work: Path, quick: bool) -> 
     table.note(
         "vmctl per verb: reads its record, checks the QEMU process, takes the machine's lock, settles "
         "leftovers of killed processes and checks the state under the lock (both from the run state "
-        "the keeper holds from QEMU's events, no QMP), opens one QMP session (connect + capabilities "
-        "negotiation), sends the command, and waits for the keeper to report the run state it caused. "
+        "the keeper holds from QEMU's events, no QMP), opens one QMP session on a blocking socket "
+        "(the capabilities negotiation goes out with the command: one exchange), and waits for the "
+        "keeper to report the run state it caused. "
         "vmctl's state is read from the keeper's run.json: no QMP round trip."
     )
     table.note(
@@ -362,8 +394,10 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         "Scale: N guests from one base image",
         ["N", "start all (s)", "per VM (ms)", "keeper USS/VM (MiB)", "keeper RSS/VM (MiB)",
          "this process +KiB/VM", "+threads/VM", "QEMU RSS/VM (MiB)", "usage_all() (ms)", "state sweep (ms)",
-         "usage_all(), paused (ms)", "state sweep, paused (ms)", "destroy all (s)"],
+         "usage_all(), paused (ms)", "raw sweep, paused (ms)", "usage_all() per paused VM (ms)",
+         "state sweep, paused (ms)", "destroy all (s)"],
     )  # fmt: skip
+    loop = asyncio.new_event_loop()
     for n in (1, 5, 10, 20):
         base_rss, base_threads = me.memory_info().rss, me.num_threads()
         vms = [hv.create(spec(guest, f"scale{n}-{i}", logs)) for i in range(n)]
@@ -373,8 +407,10 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         took = time.perf_counter() - started
         assert all(vm.state is vmctl.State.RUNNING for vm in hv.machines())
         keepers, qemus = [], []
+        pids: list[tuple[Path, int]] = []
         for vm in vms:
             run = json.loads((vm.dir / "run.json").read_text())
+            pids.append((vm.dir, run["qemu_pid"]))
             keeper = psutil.Process(run["keeper_pid"]).memory_full_info()
             keepers.append((keeper.uss, keeper.rss))
             qemus.append(psutil.Process(run["qemu_pid"]).memory_info().rss)
@@ -384,7 +420,11 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         states = [timed(lambda: [m.state for m in hv.machines()]) for _ in range(3 if quick else 7)]
         for vm in vms:  # the same sweeps with the CPUs free: what vmctl itself costs
             vm.pause()
-        sweeps_idle = [timed(hv.usage_all) for _ in range(3 if quick else 7)]
+        sweeps_idle, raw_idle = [], []
+        for i in range(3 if quick else 7):  # interleaved, alternating which goes first
+            steps = [(sweeps_idle, hv.usage_all), (raw_idle, functools.partial(raw_sweep, loop, pids))]
+            for into, action in steps[:: 1 if i % 2 == 0 else -1]:
+                into.append(timed(action))
         states_idle = [timed(lambda: [m.state for m in hv.machines()]) for _ in range(3 if quick else 7)]
         gone = timed(functools.partial(destroy_all, vms))
         table.add(
@@ -399,6 +439,8 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
             ms(med(sweeps)),
             ms(med(states)),
             ms(med(sweeps_idle)),
+            ms(med(raw_idle)),
+            ms(med(sweeps_idle) / n),
             ms(med(states_idle)),
             f"{gone:.2f}",
         )
@@ -409,7 +451,16 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         "scheduled. The 'paused' sweeps are taken after pausing every guest: vmctl's own cost."
     )
     table.note(
-        "The keeper is a small Python process per VM that parents QEMU and records its exit status, "
+        "usage_all(): one pass over the machine directories, each machine's process tree measured "
+        "from the kernel's children lists (no scan of the process table per machine); a paused "
+        "machine's disk byte counts are the ones kept in its blockio.json when it paused (a paused "
+        "guest does no I/O), so no QMP round trip. raw sweep = per machine, what a process of its own "
+        "must do without vmctl: psutil on the QEMU process and query-blockstats over a new QMP "
+        "connection; interleaved with usage_all()."
+    )
+    table.note(
+        "The keeper is a small Python process per VM (python -S -I, C modules only) that parents QEMU "
+        "and records its exit status, "
         "so that any process can tell a guest that powered off from a QEMU that died, and follows "
         "QEMU's QMP events to keep the run state. USS is the memory it alone uses; RSS counts shared "
         "library pages again for each keeper."
@@ -418,6 +469,7 @@ def bench_scale(report: Report, guest: TestGuest, work: Path, quick: bool) -> No
         "This process reaps the keepers it started on vmctl's one event-loop thread (pidfds), not a "
         "thread per VM; the VMs themselves do not depend on this process."
     )
+    loop.close()
     report.show(table)
 
 

@@ -60,6 +60,7 @@ MACHINE_FILES = {
     "run.json",
     "exit.json",
     "moving",
+    "blockio.json",
 }
 
 # -- the child process ---------------------------------------------------------------------------

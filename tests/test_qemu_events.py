@@ -261,3 +261,112 @@ def test_a_verb_killed_after_its_command_leaves_no_stale_state(
     assert vm.state is after
     vm.poweroff()
     assert not (vm.dir / "moving").exists()  # type: ignore[attr-defined]
+
+
+def _counting_sessions(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The QMP sessions opened to the query monitor (the verbs' own go to the other)."""
+    opened: list[Path] = []
+    original = qmp_module.session
+
+    def counting(socket_path: Path, timeout: float = 10) -> object:
+        if socket_path.name == STATE_SOCKET:
+            opened.append(socket_path)
+        return original(socket_path, timeout)
+
+    monkeypatch.setattr(qmp_module, "session", counting)
+    return opened
+
+
+def _wait_console(vm: vmctl.Machine, text: str) -> None:
+    log = vm.spec.serial_log
+    assert log is not None
+    wait_until(lambda: log.exists() and text.encode() in log.read_bytes(), 120, text)
+
+
+def test_a_paused_machines_disk_counts_are_kept_until_it_moves(
+    vm: vmctl.Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paused guest does no disk I/O: the first usage after a pause asks QEMU, the readers
+    after it (usage, usage_all) read the kept answer; once the machine has run again the
+    kept answer is not used (the guest read its disk meanwhile)."""
+    vm.start()
+    vm.pause()  # before the guest mounted its disk
+    opened = _counting_sessions(monkeypatch)
+    first = vm.usage()
+    assert len(opened) == 1
+    kept = json.loads((vm.dir / "blockio.json").read_bytes())  # type: ignore[attr-defined]
+    assert kept["key"] == [vm._record()["run_id"], _held(vm)["event_time"]]  # type: ignore[attr-defined]
+    again, every = vm.usage(), vm.hypervisor.usage_all()
+    assert len(opened) == 1, "a paused machine's usage asked QEMU again"
+    assert (again.disk_read_bytes, again.disk_write_bytes) == (first.disk_read_bytes, first.disk_write_bytes)
+    assert every[vm.name].disk_read_bytes == first.disk_read_bytes and every[vm.name].cpu_seconds is not None
+
+    vm.resume()
+    _wait_console(vm, "VMCTL-GUEST DISK mounted")
+    running = vm.usage()
+    assert len(opened) == 2  # running: QEMU is asked every time
+    assert running.disk_read_bytes is not None and first.disk_read_bytes is not None
+    assert running.disk_read_bytes > first.disk_read_bytes
+    vm.pause()
+    paused = vm.usage()
+    assert len(opened) == 3 and paused.disk_read_bytes is not None
+    assert paused.disk_read_bytes >= running.disk_read_bytes
+    assert vm.usage().disk_read_bytes == paused.disk_read_bytes
+    assert len(opened) == 3
+
+
+def test_the_kept_counts_are_not_trusted_without_the_keeper(vm: vmctl.Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept answer is keyed by the pause the keeper holds: with the keeper gone (nobody
+    follows QEMU's events) every usage asks QEMU; a new run starts without the old file."""
+    vm.start()
+    vm.pause()
+    vm.usage()
+    assert (vm.dir / "blockio.json").exists()  # type: ignore[attr-defined]
+    keeper = psutil.Process(_held(vm)["keeper_pid"])  # type: ignore[arg-type]
+    os.kill(keeper.pid, signal.SIGKILL)
+    keeper.wait(30)
+    opened = _counting_sessions(monkeypatch)
+    assert vm.usage().disk_read_bytes is not None
+    assert vm.usage().disk_read_bytes is not None
+    assert len(opened) == 2
+    vm.poweroff()
+    vm.start()
+    assert not (vm.dir / "blockio.json").exists()  # type: ignore[attr-defined]
+
+
+def test_usage_all_measures_each_machine_as_usage_does(vm: vmctl.Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """usage_all: every machine vmctl created (stopped, running, paused), the same fields as
+    its own usage(), and no scan of the whole process table per machine."""
+    hv = vm.hypervisor
+    other = hv.create(vmctl.MachineSpec(name="other", disk=vm.spec.disk, memory_mib=64))
+    idle = hv.create(vmctl.MachineSpec(name="idle", disk=vm.spec.disk, memory_mib=64))
+    try:
+        vm.start()
+        other.start()
+        other.pause()
+        scans: list[int] = []
+        real_children, real_iter = psutil.Process.children, psutil.process_iter
+
+        def children(self: psutil.Process, recursive: bool = False) -> list[psutil.Process]:
+            scans.append(self.pid)
+            return real_children(self, recursive)
+
+        def process_iter(*args: object, **kwargs: object) -> Iterator[psutil.Process]:
+            scans.append(0)
+            return real_iter(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(psutil.Process, "children", children)
+        monkeypatch.setattr(psutil, "process_iter", process_iter)
+        every = hv.usage_all()
+        assert len(scans) <= 1, scans
+        assert sorted(every) == ["events", "idle", "other"]
+        assert every["idle"] == vmctl.Usage(machine="idle", taken_at=every["idle"].taken_at)
+        for name in ("events", "other"):
+            one = hv.machine(name).usage()
+            assert every[name].memory_bytes and every[name].cpu_seconds is not None
+            assert every[name].disk_read_bytes is not None and every[name].disk_write_bytes is not None
+            assert one.cpu_seconds is not None and one.cpu_seconds >= every[name].cpu_seconds
+        assert every["other"].disk_read_bytes == hv.machine("other").usage().disk_read_bytes
+    finally:
+        other.destroy()
+        idle.destroy()

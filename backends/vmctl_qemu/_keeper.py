@@ -15,43 +15,112 @@ state without a QMP round trip and waits for a change with inotify. The keeper h
 ``flock`` on ``run.json`` for its whole life (each new file is locked before it is renamed into
 place), so a reader trusts the run state only while the keeper lives; when the monitor fails
 the keeper drops the run state from ``run.json``, and readers ask QEMU instead.
+
+One keeper lives beside every QEMU, so it costs as little memory as Python allows: it runs
+with ``-S -I`` (no ``site``, no site-packages) and imports only modules written in C (``_socket``,
+``_json``, ``select``, ``fcntl``; no ``subprocess``, ``json``, ``socket``, ``pathlib`` or psutil,
+which pull in ``re`` and ``enum``): QEMU is started with ``os.posix_spawnp``, QMP is parsed
+with ``_json``'s scanner, and QEMU's start time is read from ``/proc`` as psutil reads it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _json
+import _socket
 import fcntl
-import json
 import os
-import selectors
-import signal
-import socket
+import select
 import stat
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing imports re and enum: mypy reads this name as typing's
+if TYPE_CHECKING:
+    import signal as _signal  # the same names; signal.py itself imports enum
+    from typing import Any
+else:
+    import _signal
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+class _JsonContext:
+    """What ``_json.make_scanner`` reads its options from (as ``json.JSONDecoder`` has them)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity
+
+
+_scan = _json.make_scanner(_JsonContext())  # type: ignore[arg-type]  # it reads the attributes
+
+
+def loads(text: bytes) -> Any:
+    """``json.loads`` of one JSON text, without importing :mod:`json` (which imports ``re``)."""
+    line = text.decode().strip()
+    try:
+        value, end = _scan(line, 0)
+    except StopIteration:
+        raise ValueError(f"not JSON: {line[:80]!r}") from None
+    if end != len(line):
+        raise ValueError(f"extra data after JSON: {line[end : end + 80]!r}")
+    return value
+
+
+def dumps(value: object) -> str:
+    """``json.dumps`` of what the keeper writes (dicts, lists, strings, numbers, None, bools)."""
+    if isinstance(value, str):
+        return _json.encode_basestring_ascii(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "null"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{dumps(str(k))}: {dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def atomic_write(path: str, data: bytes) -> None:
     """vmctl.store.atomic_write without importing vmctl: the keeper starts before every QEMU
     and stays for its whole run, so it imports as little as it can."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o666)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(tmp)
+        except OSError:
+            pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def create_time(pid: int) -> float:
+    """The start time of ``pid`` in seconds since the epoch, computed as psutil computes it
+    (``/proc/PID/stat`` starttime over the clock ticks, plus ``/proc/stat``'s btime), so that
+    ``psutil.Process(pid).create_time()`` equals it; 0.0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        with open("/proc/stat", "rb") as f:
+            btime = next(line for line in f if line.startswith(b"btime"))
+    except (OSError, StopIteration):
+        return 0.0
+    ticks = float(data[data.rfind(b")") + 2 :].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK") + float(btime.split()[1])
 
 
 USAGE = "usage: _keeper.py VMDIR RUN_ID [--pass-fd FD] [--log-cap BYTES] [--log PATH]... -- QEMU..."
@@ -73,15 +142,15 @@ class RunRecord:
     (``flock``) by this keeper: a reader that finds it unlocked knows the keeper is gone and
     its run state no longer follows QEMU."""
 
-    def __init__(self, directory: Path, base: dict[str, object]) -> None:
-        self.path = directory / RUN_RECORD
+    def __init__(self, directory: str, base: dict[str, object]) -> None:
+        self.path = os.path.join(directory, RUN_RECORD)
         self.base = base
         self.fd: int | None = None
 
     def write(self, **state: object) -> None:
         """Replace the file. Where that fails (a full disk) the file in place may be stale:
         its lock goes, so that readers ask QEMU until a write succeeds again."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp = os.path.join(os.path.dirname(self.path), f".{RUN_RECORD}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError:
@@ -89,14 +158,16 @@ class RunRecord:
             return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            data = json.dumps({**self.base, **state}).encode()
+            data = dumps({**self.base, **state}).encode()
             if os.write(fd, data) != len(data):
                 raise OSError("short write")
             os.replace(tmp, self.path)
         except OSError:
             os.close(fd)
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp)
+            except OSError:
+                pass
             self.release()
             return
         self.release()
@@ -116,7 +187,7 @@ class EventMonitor:
     that came before a command to this monitor before the command's answer). An answer that
     events overtook is not written: another query goes out first."""
 
-    def __init__(self, sock: socket.socket, record: RunRecord) -> None:
+    def __init__(self, sock: _socket.socket, record: RunRecord) -> None:
         self.sock = sock
         self.record = record
         self.buffer = b""
@@ -131,7 +202,7 @@ class EventMonitor:
     def send(self, command: str) -> None:
         self.sock.setblocking(True)
         try:
-            self.sock.sendall(json.dumps({"execute": command}).encode() + b"\n")
+            self.sock.sendall(dumps({"execute": command}).encode() + b"\n")
         finally:
             self.sock.setblocking(False)
 
@@ -149,7 +220,7 @@ class EventMonitor:
         *lines, self.buffer = self.buffer.split(b"\n")
         for line in lines:
             if line.strip():
-                self.message(json.loads(line))
+                self.message(loads(line))
         if self.ready and self.stale and not self.querying:
             self.querying, self.stale = True, False
             self.sent = (self.reason, self.event_time)
@@ -185,7 +256,7 @@ class EventMonitor:
         self.record.write()
 
 
-def trim_log(path: Path, cap: int) -> None:
+def trim_log(path: str, cap: int) -> None:
     """Keep a log QEMU appends to (O_APPEND) under ``cap`` bytes: past it, only its newest half
     stays, after a line saying how much went. Never follows a link; a log that is not a regular
     file is left alone."""
@@ -210,7 +281,7 @@ def trim_log(path: Path, cap: int) -> None:
 
 def main(argv: list[str]) -> int:
     pass_fds: list[int] = []
-    logs: list[Path] = []
+    logs: list[str] = []
     cap = 0
     while len(argv) > 3 and argv[2] in ("--pass-fd", "--log-cap", "--log"):
         flag, value = argv[2:4]
@@ -220,70 +291,67 @@ def main(argv: list[str]) -> int:
         elif flag == "--log-cap":
             cap = int(value)
         else:
-            logs.append(Path(value))
+            logs.append(value)
     vmdir, run_id, sep, *qemu = argv
     if sep != "--" or not qemu:
         print(USAGE, file=sys.stderr)
         return 2
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    directory = Path(vmdir)
-    ours, qemus = socket.socketpair()
+    for sig in (_signal.SIGINT, _signal.SIGHUP, _signal.SIGTERM):
+        _signal.signal(sig, _signal.SIG_IGN)
+    qemu_log = os.path.join(vmdir, "qemu.log")
+    ours, qemus = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     qemu += ["-chardev", f"socket,id={EVENT_MONITOR},fd={qemus.fileno()}"]
     qemu += ["-mon", f"chardev={EVENT_MONITOR},mode=control"]
-    with open(directory / "qemu.log", "ab") as err:
-        proc = subprocess.Popen(
-            qemu,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            pass_fds=[*pass_fds, qemus.fileno()],
-        )
+    for fd in (*pass_fds, qemus.fileno()):  # QEMU inherits these, and no other descriptor
+        os.set_inheritable(fd, True)
+    pid = os.posix_spawnp(
+        qemu[0],
+        qemu,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, qemu_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ],
+        setsigdef=[_signal.SIGPIPE, _signal.SIGXFSZ],  # as subprocess restores them
+    )
     qemus.close()
     for fd in pass_fds:  # QEMU's alone now: its exit closes the socket, and passt quits
         os.close(fd)
-    import psutil
-
-    try:
-        created = psutil.Process(proc.pid).create_time()
-    except psutil.NoSuchProcess:
-        created = 0.0
     record = RunRecord(
-        directory, {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": proc.pid, "qemu_created": created}
+        vmdir, {"run_id": run_id, "keeper_pid": os.getpid(), "qemu_pid": pid, "qemu_created": create_time(pid)}
     )
     record.write()
     if record.fd is None:  # not even run.json could be written
-        atomic_write(record.path, json.dumps(record.base).encode())
-    logs.append(directory / "qemu.log")
-    watch(proc, EventMonitor(ours, record), logs, cap)
-    status = proc.wait()
+        atomic_write(record.path, dumps(record.base).encode())
+    logs.append(qemu_log)
+    status = watch(pid, EventMonitor(ours, record), logs, cap)
     atomic_write(
-        directory / "exit.json",
-        json.dumps({"run_id": run_id, "status": status, "ended": time.time()}).encode(),
+        os.path.join(vmdir, "exit.json"), dumps({"run_id": run_id, "status": status, "ended": time.time()}).encode()
     )
     return 0
 
 
-def watch(proc: subprocess.Popen[bytes], monitor: EventMonitor | None, logs: list[Path], cap: int) -> None:
-    """Until QEMU ends: follow its events, and trim the logs every LOG_CHECK_INTERVAL if capped."""
-    selector = selectors.DefaultSelector()
-    pidfd = os.pidfd_open(proc.pid)
-    selector.register(pidfd, selectors.EVENT_READ)
+def watch(pid: int, monitor: EventMonitor | None, logs: list[str], cap: int) -> int:
+    """Until QEMU ends: follow its events, and trim the logs every LOG_CHECK_INTERVAL if capped.
+    Returns QEMU's exit status as subprocess reports it (-N: killed by signal N)."""
+    poller = select.poll()
+    pidfd = os.pidfd_open(pid)
+    poller.register(pidfd, select.POLLIN)
     if monitor is not None:
-        selector.register(monitor.sock, selectors.EVENT_READ)
+        poller.register(monitor.sock.fileno(), select.POLLIN)
     try:
         while True:
-            for key, _ in selector.select(LOG_CHECK_INTERVAL if cap else None):
-                if key.fd == pidfd:
-                    return
-                assert monitor is not None
+            ready = poller.poll(int(LOG_CHECK_INTERVAL * 1000) if cap else None)
+            if any(fd == pidfd for fd, _ in ready):
+                break
+            if ready and monitor is not None:
                 try:
                     alive = monitor.readable()
                 except (ValueError, KeyError, TypeError, OSError):
                     alive = False
                 if not alive:
-                    selector.unregister(monitor.sock)
+                    poller.unregister(monitor.sock.fileno())
                     monitor.close()
                     monitor = None
             if cap:
@@ -293,6 +361,8 @@ def watch(proc: subprocess.Popen[bytes], monitor: EventMonitor | None, logs: lis
         os.close(pidfd)
         if monitor is not None:
             monitor.close()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,26 @@ FROZEN_KEEPER = "vmctl-qemu-keeper"
 KEEPER_SCRIPT = (
     FROZEN_KEEPER if getattr(sys, "frozen", False) else str(Path(__file__).resolve().with_name("_keeper.py"))
 )
+#: how the keeper is run: without ``site`` (-S: no site-packages, nothing imported that the
+#: keeper does not use; -I: no PYTHON* variables, no user site), imported from the script's
+#: directory (its cached bytecode: compiling the script at every start would cost the keeper
+#: 0.9 MiB more of its own memory); the script's path stays on its command line (sys.argv[1])
+KEEPER_PYTHON = (
+    [sys.executable]
+    if getattr(sys, "frozen", False)
+    else [
+        sys.executable,
+        "-S",
+        "-I",
+        "-c",
+        "import sys; sys.path[0:0] = [sys.argv[1].rpartition('/')[0]]; import _keeper; "
+        "sys.exit(_keeper.main(sys.argv[2:]))",
+    ]
+)
 SAVED_STATE = "state.bin"
 PARTIAL_STATE = SAVED_STATE + ".tmp"
+#: a paused machine's disk byte counts, kept by the first reader after the pause (``_usage``)
+BLOCK_IO = "blockio.json"
 
 
 def read_json(directory: Path, filename: str) -> dict[str, Any] | None:
@@ -137,7 +155,7 @@ def launch(
 ) -> None:
     """Start QEMU for the machine under a keeper and wait until its monitor answers."""
     hv = vm.hypervisor
-    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json", MOVING):
+    for stale in (QMP_SOCKET, STATE_SOCKET, "run.json", "exit.json", MOVING, BLOCK_IO):
         with contextlib.suppress(FileNotFoundError):
             (vm.dir / stale).unlink()
     passt_binary = find_passt(hv.passt) if vm.spec.network is not None else None
@@ -189,7 +207,7 @@ def _start_keeper(
             keeper_options += ["--log-cap", str(hv.log_max_bytes), "--log", str(vm.serial_log)]
         try:
             keeper = subprocess.Popen(
-                [sys.executable, KEEPER_SCRIPT, str(vm.dir), run_id, *keeper_options, "--", *argv],
+                [*KEEPER_PYTHON, KEEPER_SCRIPT, str(vm.dir), run_id, *keeper_options, "--", *argv],
                 cwd=vm.dir,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

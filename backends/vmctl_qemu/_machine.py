@@ -8,6 +8,8 @@ Files in the machine's directory:
 - ``run.json`` / ``exit.json``: written by the keeper: QEMU's pid, then its exit status
   and, rewritten on every QMP event of QEMU's run state, that run state, the event that changed
   it and when (trusted while the keeper lives and holds its lock on the file: :mod:`._keeper`)
+- ``blockio.json``: a paused machine's disk byte counts, kept by the first reader after the
+  pause for the readers until it resumes (:mod:`._usage`)
 - ``state.bin``: the saved machine state while SUSPENDED (``state.bin.tmp`` while it is written)
 - ``qemu.log``: QEMU's stderr, kept after a crash; ``console.log``: the serial console
   when the spec names no ``serial_log``
@@ -43,7 +45,6 @@ from vmctl.backend.locking import lock_held
 from vmctl.backend.records import inside, spec_from_record
 from vmctl.backend.store import LOCK, RECORD
 from vmctl.backend.tools import run_tool
-from vmctl.backend.usage import usage_of_process
 from vmctl.errors import BackendError, InvalidState, OperationTimeout, Unsupported, VmctlError, os_error_code
 from vmctl.interface import ALLOWED_FROM, POLL_INTERVAL, Machine
 from vmctl.types import Capabilities, DiskUsage, MachineSpec, Snapshot, State, Usage
@@ -77,6 +78,7 @@ from ._sequences import (
     snapshot_tag,
 )
 from ._throttle import THROTTLE_FILE, apply_cpu_limit, held
+from ._usage import machine_usage
 from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
@@ -152,6 +154,7 @@ class QemuMachine(Machine):
                     settle(self, timeout)
                 yield
         except _qmp.MonitorLost as exc:
+            self._await_exit(3.0)
             state = self._get_state()
             if verb not in ALLOWED_FROM or state in ALLOWED_FROM[verb]:
                 raise
@@ -160,6 +163,15 @@ class QemuMachine(Machine):
             raise
         except OSError as exc:
             raise _os_error(self.name, verb, exc) from exc
+
+    def _await_exit(self, timeout: float) -> None:
+        """QEMU's monitor vanished under a command: QEMU is ending (killed, or quit by another
+        caller); give it ``timeout`` to be gone, so that the state read next says what it was
+        (CRASHED, STOPPED), not UNKNOWN for a QEMU that is still tearing itself down."""
+        proc = self._process(self._record())
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                proc.wait(timeout)
 
     def _recover_if_idle(self) -> None:
         """When a handle is opened: settle what a killed process left, unless a verb is running
@@ -324,7 +336,7 @@ class QemuMachine(Machine):
         return f"127.0.0.1:{vnc['service']}"
 
     def _monitor(self, timeout: float = 10) -> contextlib.AbstractContextManager[_qmp.QmpSession]:
-        return _qmp.session(self.dir / QMP_SOCKET, timeout)
+        return _qmp.locked_session(self.dir / QMP_SOCKET, timeout)
 
     # -- verbs -------------------------------------------------------------------------------
     @_typed_os_errors
@@ -538,17 +550,7 @@ class QemuMachine(Machine):
         return DiskUsage(self.name, allocated_bytes([self.dir]) or 0, (str(self.dir),))
 
     def _do_usage(self) -> Usage:
-        rec = self._record()
-        proc = self._process(rec) if rec.get("status") != "suspended" else None
-        if proc is None:
-            return Usage(machine=self.name)
-        read = write = None
-        with contextlib.suppress(BackendError, OperationTimeout):
-            with _qmp.session(self.dir / STATE_SOCKET, 5) as s:
-                stats = s.execute("query-blockstats", timeout=5)
-                read = sum(int(d["stats"]["rd_bytes"]) for d in stats)
-                write = sum(int(d["stats"]["wr_bytes"]) for d in stats)
-        return usage_of_process(self.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write)
+        return machine_usage(self, self._record())
 
     @_typed_os_errors
     def _do_screenshot(self, timeout: float) -> bytes:

@@ -24,6 +24,7 @@ from vmctl.types import State
 from . import _qmp
 from ._keeper import MOVING
 from ._launcher import (
+    BLOCK_IO,
     PARTIAL_STATE,
     SAVED_STATE,
     exit_record,
@@ -66,6 +67,8 @@ def settle(vm: QemuMachine, timeout: float = 300) -> State:
     """Under the lock: finish or undo what a killed process left, then return the machine's
     state. Cheap when there is nothing to do."""
     for junk in vm.dir.glob(f".{RECORD}.*.tmp"):  # atomic_write's temp files (written under this lock)
+        junk.unlink(missing_ok=True)
+    for junk in vm.dir.glob(f".{BLOCK_IO}.*.tmp"):  # of a reader killed keeping block statistics
         junk.unlink(missing_ok=True)
     rec = vm._record()
     saved, partial = vm.dir / SAVED_STATE, vm.dir / PARTIAL_STATE
