@@ -179,6 +179,7 @@ def running_again(vm: vmctl.Machine, probe: SerialLogProbe) -> None:
     probe.wait_counter_above(n + 1, 20)
 
 
+@pytest.mark.stops_libvirtd
 def test_libvirtd_restart_during_save_snapshot_and_stop(vm: vmctl.Machine) -> None:
     assert vm.spec.serial_log is not None
     probe = SerialLogProbe(vm.spec.serial_log)

@@ -124,6 +124,7 @@ def test_usage_of_running_machines_is_one_call(
     assert stopped.cpu_seconds is None and stopped.memory_bytes is None
 
 
+@pytest.mark.stops_libvirtd
 def test_libvirtd_restart_while_a_machine_runs(make_vm: MakeVm) -> None:
     services = load_services()
     vm = make_vm("restart")

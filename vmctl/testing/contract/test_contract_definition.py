@@ -156,4 +156,5 @@ def test_spec_features_the_backend_lacks_are_refused_at_create(
             vmctl.Unsupported, match=re.escape(f"does not support create: {vmctl.types.SPEC_FEATURES[feature]}")
         ):
             hv.create(spec)
-    assert {vm.name for vm in hv.machines()} == before
+    # only this name: on a shared host (qemu:///system) other tests create machines meanwhile
+    assert base.name not in {vm.name for vm in hv.machines()} - before
