@@ -64,7 +64,7 @@ from vmctl.boinc.adapter import EXIT_INIT_FAILURE, PARK_DELAY, Adapter
 from vmctl.boinc.hostconfig import Profile
 from vmctl.boinc.initdata import read_init_data
 from vmctl.boinc.job import find_job_file, load_job
-from vmctl.boinc.shm import open_shared_memory
+from vmctl.boinc.shm import Channel, open_shared_memory
 from vmctl.boinc.slot import FINISH_FILE, STATE_FILE, TEMPORARY_EXIT_FILE, Slot
 from vmctl.boinc.state import SNAPSHOT_PREFIX, TaskState
 from vmctl.boinc.testing import FakeClient
@@ -659,6 +659,38 @@ def test_a_job_the_backend_cannot_run_fails_at_once(
             assert f"cannot run this job: backend '{backend.name}' does not support" in caplog.text
             assert why in caplog.text
         assert backend.connect().machines() == []
+    finally:
+        backend.teardown()
+        task.close()
+
+
+@pytest.mark.parametrize("extpack", [True, False], ids=["vrde", "no-extension-pack"])
+def test_virtualbox_remote_desktop_is_vrde_sent_as_localhost_port(
+    tmp_path: Path, extpack: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``remote_desktop = true`` (``enable_remotedesktop``) on VirtualBox: VRDE on 127.0.0.1, its
+    bound port sent on the graphics channel as vboxwrapper does; without the extension pack the
+    task runs without it, said once (vboxwrapper: "remote desktop not enabled")."""
+    backend, task = VirtualBoxSim(), Task(tmp_path)
+    try:
+        backend.setup(tmp_path, task)
+        if not extpack:
+            (backend.home / "no-extpack").touch()  # before the adapter connects and asks
+        job = (task.project / "v1_vmctl_job.toml").read_text()
+        task.write_job("remote_desktop = true\n" + job)
+        adapter = task.adapter()
+        assert adapter.start() is None, task.exit_files()
+        vm = backend.connect().machine(VM)
+        assert vm.spec.remote_desktop is extpack
+        task.run(adapter, 1.1)
+        reply = task.client.shm.receive(Channel.GRAPHICS_REPLY)
+        if extpack:
+            port = vm.info().raw["vrdeport"]  # type: ignore[attr-defined]
+            assert vm.remote_desktop_address() == f"127.0.0.1:{port}"
+            assert reply == f"<remote_desktop_addr>localhost:{port}</remote_desktop_addr>"
+        else:
+            assert reply is None and "remote desktop" in caplog.text
+        assert task.send(adapter, "<quit/>") == 0
     finally:
         backend.teardown()
         task.close()

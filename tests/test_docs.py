@@ -103,8 +103,11 @@ def declared_capabilities(column: str, tmp: Path) -> Capabilities:
         from vmctl_virtualbox._hypervisor import VirtualBoxHypervisor
         from vmctl_virtualbox._vboxmanage import VBoxManageTransport
 
-        # the default transport, VBoxManage (screenshots depend on it)
-        prop, owner = VirtualBoxHypervisor.capabilities, SimpleNamespace(transport=VBoxManageTransport)
+        # the default transport, VBoxManage (screenshots depend on it), on a host with the
+        # extension pack that provides VRDE (remote desktop depends on it; never asked here)
+        transport = VBoxManageTransport("VBoxManage")
+        transport._vrde = True
+        prop, owner = VirtualBoxHypervisor.capabilities, SimpleNamespace(transport=transport)
     elif column in ("vmware", "vmware player"):
         from vmctl_vmware._hypervisor import VmwareHypervisor
 

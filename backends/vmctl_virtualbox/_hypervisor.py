@@ -42,7 +42,11 @@ class VirtualBoxHypervisor(Hypervisor):
         self.base_folder = Path(base_folder).expanduser().absolute()
         self.settle_timeout = settle_timeout
 
-    _feature_notes = {"kernel_boot": "VirtualBox cannot boot a kernel directly; give a bootable disk image"}
+    _feature_notes = {
+        "kernel_boot": "VirtualBox cannot boot a kernel directly; give a bootable disk image",
+        "remote_desktop": "VirtualBox's remote desktop (VRDE) needs the extension pack that provides VBoxVRDP "
+        "(VBoxManage list extpacks) and the VBoxManage transport",
+    }
 
     @property
     def capabilities(self) -> Capabilities:
@@ -52,6 +56,7 @@ class VirtualBoxHypervisor(Hypervisor):
             kernel_boot=False,
             disk_usage=True,
             screenshot=self.transport.screenshots,
+            remote_desktop=self.transport.remote_desktop_available(),
         )
 
     def _do_create(self, spec: MachineSpec) -> Machine:
@@ -76,6 +81,8 @@ class VirtualBoxHypervisor(Hypervisor):
                 network=spec.network,
                 serial_log=spec.serial_log,
             )
+            if spec.remote_desktop:
+                t.enable_remote_desktop(spec.name)
             t.attach_disk(spec.name, spec.disk, multiattach=spec.overlay)
             for tag, path in spec.shared_dirs.items():
                 t.add_shared_folder(spec.name, tag, path, readonly=tag in spec.readonly_shares)

@@ -212,6 +212,16 @@ class VirtualBoxMachine(Machine):
         # A stale log could name a recycled pid: the VM process names its machine's UUID.
         return pid if not info.uuid or info.uuid in cmdline.lower() else None
 
+    def _get_remote_desktop_address(self) -> str | None:
+        # The port VRDE's server bound at this start, within the range given at create.
+        port = self.transport.remote_desktop_port(self.name)
+        if port == 0:
+            raise BackendError(
+                f"{self.name}: VirtualBox's VRDE server found no free port on 127.0.0.1 (vrdeport=0)",
+                native="vrdeport=0",
+            )
+        return None if port is None else f"127.0.0.1:{port}"
+
     # -- helpers ------------------------------------------------------------------------------
     def _invalid(self, verb: str, exc: InvalidState) -> InvalidState:
         if exc.state is State.UNKNOWN:

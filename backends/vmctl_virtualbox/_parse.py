@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
     "SnapshotNode",
+    "extpack_has_vrde",
     "parse_extradata_enumerate",
     "parse_extradata_value",
     "parse_log_pid",
@@ -24,6 +26,8 @@ __all__ = [
     "parse_snapshot_taken",
     "parse_version",
     "parse_vm_list",
+    "version_newer",
+    "vrde_port",
 ]
 
 _VM_LINE = re.compile(r'^"(?P<name>.*)" \{(?P<uuid>[0-9a-fA-F-]{36})\}\s*$')
@@ -275,3 +279,46 @@ def parse_log_pid(text: str) -> int | None:
     """The VM process id from the header of ``VBox.log`` (as BOINC's vboxwrapper reads it)."""
     m = _PID.search(text)
     return int(m.group(1)) if m else None
+
+
+def extpack_has_vrde(text: str) -> bool:
+    """``list extpacks``: whether a usable pack provides the VRDE server (VBoxVRDP), as
+    vboxwrapper's ``is_extpack_installed`` checks.
+
+    >>> extpack_has_vrde("Extension Packs: 0\\n")
+    False
+    >>> extpack_has_vrde("Extension Packs: 1\\nPack no. 0:   Oracle VM VirtualBox Extension Pack\\n"
+    ...                  "VRDE Module:  VBoxVRDP\\nUsable:       true\\nWhy unusable: \\n")
+    True
+    """
+    packs = re.split(r"^Pack no\.\s*\d+:", text, flags=re.M)[1:]
+    for pack in packs:
+        fields = dict(line.split(":", 1) for line in pack.splitlines() if ":" in line)
+        if fields.get("VRDE Module", "").strip() and fields.get("Usable", "true").strip() == "true":
+            return True
+    return False
+
+
+def vrde_port(raw: Mapping[str, str]) -> int | None:
+    """The port a VM's VRDE server bound, from ``showvminfo --machinereadable``'s ``vrdeport=``
+    (IVRDEServerInfo::port): None when VRDE is off or its server not started (-1); 0 when the
+    server failed to bind any port of its range.
+
+    >>> vrde_port({"vrde": "on", "vrdeport": "3390"}), vrde_port({"vrde": "on", "vrdeport": "-1"})
+    (3390, None)
+    >>> vrde_port({"vrde": "off"})
+    """
+    port = raw.get("vrdeport", "-1").strip()
+    if raw.get("vrde") != "on" or not port.lstrip("-").isdigit() or int(port) < 0:
+        return None
+    return int(port)
+
+
+def version_newer(version: str, than: tuple[int, ...]) -> bool:
+    """Whether a ``--version`` string (``7.1.4r165100``) is newer than ``than``.
+
+    >>> version_newer("7.1.4r165100", (7, 0, 99)), version_newer("7.0.20r163906", (7, 0, 99))
+    (True, False)
+    """
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version.split("r", 1)[0])[:3])
+    return numbers > than

@@ -119,6 +119,18 @@ class Transport(ABC):
     #: :meth:`screenshot_png` works (``Capabilities.screenshot``)
     screenshots: bool = False
 
+    def remote_desktop_available(self) -> bool:
+        """Whether :meth:`enable_remote_desktop` can give a VM a VRDE server (the extension pack)."""
+        return False
+
+    def enable_remote_desktop(self, vm: str) -> None:
+        """Turn VRDE on for a powered-off VM: 127.0.0.1, a port range, no authentication."""
+        raise Unsupported("virtualbox", "create", "this transport has no remote desktop (VRDE); VBoxManage has")
+
+    def remote_desktop_port(self, vm: str) -> int | None:
+        """The port the running VM's VRDE server bound; None when it is not started."""
+        raise Unsupported("virtualbox", "remote_desktop_address", "this transport has no remote desktop (VRDE)")
+
     def screenshot_png(self, vm: str, timeout: float) -> bytes:
         """PNG bytes of the running or paused VM's first screen."""
         raise Unsupported("virtualbox", "screenshot", "this transport takes no screenshots; VBoxManage does")

@@ -11,7 +11,8 @@ behaviour for every verb vmctl's backend uses:
 ``--version``, ``list vms|runningvms|systemproperties``, ``showvminfo <vm> --machinereadable``, ``createvm
 --name --basefolder [--ostype] --register``, ``modifyvm`` (``--memory --cpus --ioapic --acpi
 --boot<N> --nic1 --natpf1 --cableconnected1 --nat-localhostreachable1 --uart1 --uartmode1
---cpuexecutioncap``),
+--cpuexecutioncap --vrde --vrdeport --vrdeaddress --vrdeauthtype --vrdeauthlibrary --vrdeextpack
+--vrdeproperty``; ``list extpacks``, with no pack where ``$VBOXSIM_HOME/no-extpack`` exists),
 ``storagectl --name --add --controller --portcount --bootable``, ``storageattach --storagectl
 --port --device --type hdd --medium <file>|none [--mtype normal|multiattach|immutable]``,
 ``sharedfolder add --name --hostpath``, ``setextradata``/``getextradata`` (including
@@ -111,6 +112,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -643,9 +645,91 @@ def save_settings(m: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def extpack_installed(reg: Registry) -> bool:
+    """The Oracle extension pack (VRDE's VBoxVRDP) is installed unless ``$VBOXSIM_HOME/no-extpack`` exists."""
+    return not (reg.root / "no-extpack").exists()
+
+
+#: ``modifyvm``'s VRDE options (VBoxManageModifyVM.cpp, both spellings)
+VRDE_OPTS = {
+    "--vrde": "enabled",
+    "--vrdeport": "ports",
+    "--vrde-port": "ports",
+    "--vrdeaddress": "address",
+    "--vrde-address": "address",
+    "--vrdeauthtype": "authtype",
+    "--vrde-auth-type": "authtype",
+    "--vrdeauthlibrary": "authlibrary",
+    "--vrde-auth-library": "authlibrary",
+    "--vrdeextpack": "extpack",
+    "--vrde-extpack": "extpack",
+}
+VRDE_PROPERTY = ("--vrdeproperty", "--vrde-property")
+
+
+def vrde_lines(m: dict[str, Any], running: bool) -> str:
+    """VBoxManageInfo.cpp's machine-readable VRDE block (as in the ohai capture in
+    tests/realworld/virtualbox): ``vrdeport`` is the port the running server bound
+    (IVRDEServerInfo::port: -1 when not started, 0 when it failed to bind), then the properties."""
+    v = m.get("vrde")
+    if not v or not v.get("enabled"):
+        return 'vrde="off"\n'
+    port = m.get("runtime", {}).get("vrdeport", -1) if running else -1
+    return (
+        f'vrde="on"\nvrdeport={port}\nvrdeports="{v.get("ports", "3389")}"\nvrdeaddress="{v.get("address", "")}"\n'
+        f'vrdeauthtype="{v.get("authtype", "null")}"\nvrdemulticon="off"\nvrdereusecon="off"\nvrdevideochannel="off"\n'
+        f'vrdeproperty[TCP/Ports]="{v.get("ports", "3389")}"\nvrdeproperty[TCP/Address]="{v.get("address", "")}"\n'
+        + "".join(f'vrdeproperty[{k}]="{val}"\n' for k, val in sorted(v.get("properties", {}).items()))
+    )
+
+
+def vrde_bind(reg: Registry, m: dict[str, Any]) -> int:
+    """The port a starting VM's VRDE server binds: the first of ``TCP/Ports`` (ranges "a-b" and
+    lists) that no other running machine holds and the host can bind; 0 when none is free; -1
+    when VRDE is off or the extension pack is missing (the server is not started)."""
+    v = m.get("vrde")
+    if not v or not v.get("enabled") or not extpack_installed(reg):
+        return -1
+    taken = {o.get("runtime", {}).get("vrdeport") for o in reg.machines.values() if o is not m and o["state"] in ONLINE}
+    for part in str(v.get("ports", "3389")).split(","):
+        lo, _, hi = part.strip().partition("-")
+        for port in range(int(lo), int(hi or lo) + 1):
+            if port in taken:
+                continue
+            with socket.socket() as s:
+                try:
+                    # the simulated VM process does not listen: a bind probe (on loopback when
+                    # no address is set) says whether something else holds the port
+                    s.bind((v.get("address") or "127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    return 0
+
+
 def cmd_list(reg: Registry, args: list[str], out: list[str]) -> None:
-    if not args or args[0] not in ("vms", "runningvms", "hdds", "systemproperties"):
+    if not args or args[0] not in ("vms", "runningvms", "hdds", "systemproperties", "extpacks"):
         raise SyntaxErr(f"Invalid parameter '{args[0] if args else ''}'")
+    if args[0] == "extpacks":
+        # VBoxManageList.cpp listExtensionPacks (7.0): "Extension Packs: N", then per pack the
+        # "Pack no. %2zu:   %ls" block; the Oracle pack names its VRDE module VBoxVRDP.
+        if not extpack_installed(reg):
+            out.append("Extension Packs: 0\n")
+            return
+        out.append(
+            "Extension Packs: 1\n"
+            "Pack no. 0:   Oracle VM VirtualBox Extension Pack\n"
+            f"Version:      {VERSION.split('r')[0]}\n"
+            f"Revision:     {VERSION.split('r')[1]}\n"
+            "Edition:      \n"
+            "Description:  Oracle Cloud Infrastructure integration, Host Webcam, VirtualBox RDP, PXE ROM, Disk "
+            "Encryption, NVMe, full VM encryption.\n"
+            "VRDE Module:  VBoxVRDP\n"
+            "Crypto Module: VBoxPuelCrypto\n"
+            "Usable:       true\n"
+            "Why unusable: \n"
+        )
+        return
     if args[0] == "systemproperties":
         # The first lines of VirtualBox 7.0's answer (GNS3/gns3-server#2266); the rest is not simulated.
         out.append(
@@ -805,7 +889,8 @@ def cmd_showvminfo(reg: Registry, args: list[str], out: list[str]) -> None:
         # mode with RTPrintf("VideoMode=\"%d,%d,%d\"@%d,%d %d\n"): not a key="value" line.
         o(mr("SessionName", "headless"))
         o('VideoMode="720,400,0"@0,0 1\n')
-    o('vrde="off"\nusb="off"\nehci="off"\nxhci="off"\n')
+    o(vrde_lines(m, running))
+    o('usb="off"\nehci="off"\nxhci="off"\n')
     for i, sf in enumerate(m.get("shared", []), 1):
         o(mr(f"SharedFolderNameMachineMapping{i}", sf["name"]))
         o(mr(f"SharedFolderPathMachineMapping{i}", sf["path"]))
@@ -935,7 +1020,9 @@ def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
             i += 1
     opts = parse_opts(
         expanded,
-        {"--memory", "--cpus", "--ioapic", "--acpi", "--cpuexecutioncap", "--ostype", "--description"},
+        {"--memory", "--cpus", "--ioapic", "--acpi", "--cpuexecutioncap", "--ostype", "--description"}
+        | VRDE_OPTS.keys()
+        | set(VRDE_PROPERTY),
         set(),
         ("--boot", "--nic", "--natpf", "--cableconnected", "--uart", "--uartmode", *LOCALHOST_REACHABLE),
     )
@@ -951,7 +1038,9 @@ def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
             line=812,
         )
     for key, value in opts.items():
-        if key == "--memory":
+        if key in VRDE_OPTS or key in VRDE_PROPERTY:
+            set_vrde(m, key, value)
+        elif key == "--memory":
             m["memory"] = int(value)
         elif key == "--cpus":
             m["cpus"] = int(value)
@@ -1027,6 +1116,33 @@ def cmd_modifyvm(reg: Registry, args: list[str], out: list[str]) -> None:
                 m["uart"].setdefault(key[6:], {})
                 m["uart"][key[6:]].update({"io": io, "irq": int(irq)})
     save_settings(m)
+
+
+def set_vrde(m: dict[str, Any], key: str, value: str | list[str]) -> None:
+    v = m.setdefault("vrde", {})
+    for item in value if isinstance(value, list) else [value]:
+        if key in VRDE_PROPERTY:
+            # VBoxManageModifyVM.cpp: "name=value"; TCP/Ports and TCP/Address are the ones --vrdeport/address set
+            name, eq, val = item.partition("=")
+            if not eq:
+                raise SyntaxErr(f"Invalid --vrde-property argument '{item}'")
+            field = {"TCP/Ports": "ports", "TCP/Address": "address"}.get(name)
+            if field:
+                v[field] = val
+            else:
+                v.setdefault("properties", {})[name] = val
+        elif VRDE_OPTS[key] == "enabled":
+            if item not in ("on", "off"):
+                raise SyntaxErr(f"Invalid --vrde argument '{item}'")
+            v["enabled"] = item == "on"
+        elif VRDE_OPTS[key] == "authtype" and item not in ("null", "external", "guest"):
+            raise SyntaxErr(f"Invalid --vrdeauthtype argument '{item}'")
+        elif VRDE_OPTS[key] == "ports" and not all(
+            p.strip().replace("-", "", 1).isdigit() for p in ("0" if item == "default" else item).split(",")
+        ):
+            raise SyntaxErr(f"Invalid --vrdeport argument '{item}'")
+        else:
+            v[VRDE_OPTS[key]] = "3389" if (VRDE_OPTS[key] == "ports" and item == "default") else item
 
 
 def fix_uartmode_args(args: list[str]) -> list[str]:
@@ -1239,6 +1355,7 @@ def cmd_startvm(reg: Registry, args: list[str], out: list[str], err: list[str]) 
         serial(m, "VMCTL-GUEST READY")
     pid = launch_process(reg, m)
     m["runtime"] = {"pid": pid, "cap": m.get("cpucap", 100), "metrics": False, "started": now()}
+    m["runtime"]["vrdeport"] = vrde_bind(reg, m)
     slow = take_fault(reg.root, "slow", "startvm", None)
     if slow:
         set_state(m, "restoring" if restoring else "starting")

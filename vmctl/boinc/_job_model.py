@@ -141,7 +141,7 @@ class Job:
     web_graphics_guest_port: int = 0
     """A forwarded guest port whose host side the client shows as the task's web graphics URL."""
     remote_desktop: bool = False
-    """The VM's screen on a loopback remote desktop (VNC) the client shows (backends that can)."""
+    """The VM's screen on a loopback remote desktop (QEMU VNC, VirtualBox VRDE) the client shows (backends that can)."""
     apply_cpu_usage_limit: bool | None = None
     """Cap the VM at the preference ``cpu_usage_limit`` (the client does not throttle the app
     versions of a ``vbox*`` plan class). None: when ``init_data.xml`` names such a plan class

@@ -74,8 +74,9 @@ VBOX_KEYS: Mapping[str, str] = {
     "vm_network_driver": "ignored: vmctl picks the network card (virtio)",
     "enable_nat_dns_host_resolver": "ignored: NAT DNS is the backend's default",
     "enable_remotedesktop": "partial: QEMU serves the VM's screen by VNC on 127.0.0.1 at a port free at each start, "
-    "sent to the client as remote_desktop_addr (localhost:PORT, as vboxwrapper); other backends run without, said once "
-    "(as vboxwrapper does without VirtualBox's extension pack)",
+    "VirtualBox by VRDE (RDP) on 127.0.0.1 at the first free port of 3389-3488 (the VBoxManage transport, with the "
+    "extension pack), sent to the client as remote_desktop_addr (localhost:PORT, as vboxwrapper); other backends, "
+    "and VirtualBox without the extension pack, run without, said once (as vboxwrapper does)",
     "enable_screenshots_on_error": "honoured: on every error (set or not) the VM's screen is saved in the slot "
     "as vm_screenshot.png; the guest console's and the hypervisor's log tails go to stderr.txt",
     "enable_graphics_support": "ignored: the VM is headless",

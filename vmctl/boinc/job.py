@@ -23,7 +23,7 @@ keys (all optional except a disk ``image``, a ``kernel`` or a ``cdrom``)::
     intermediate_upload_files = ["part1"]   # result outputs the guest writes to the shared dir
                                         # early: copied to the output and uploaded at once
     web_graphics_guest_port = 80        # the forward to this guest port is the web graphics URL
-    remote_desktop = false              # the VM's screen on loopback VNC (the Manager's button)
+    remote_desktop = false              # the VM's screen on loopback VNC/VRDE (the Manager's button)
     apply_cpu_usage_limit = true        # cap the VM at cpu_usage_limit (vbox* plan classes;
                                         # default: when init_data.xml names one)
     job_duration = 3600                 # seconds of running time = 100% (for fraction done)
