@@ -1,6 +1,6 @@
-"""How the suite shares the machine when it runs in several processes (``pytest -n 3``).
+"""How the suite shares the machine when it runs in several processes (``pytest -n 2``).
 
-``.ci/test`` runs the suite with pytest-xdist (``-n 3``) and the scheduler below: each test gets a
+``.ci/test`` runs the suite with pytest-xdist (``-n 2``) and the scheduler below: each test gets a
 group here and a group runs whole on one worker, in collection order. The groups keep what must not
 run side by side apart:
 
