@@ -209,8 +209,9 @@ class QemuHypervisor(Hypervisor):
         from ._adopted import AdoptedQemuMachine
         from ._machine import QemuMachine
 
-        if "adopted" in self.store.read(name):
+        rec = self.store.read(name)
+        if "adopted" in rec:
             return AdoptedQemuMachine(self, name)
         machine = QemuMachine(self, name)
-        machine._recover_if_idle()  # what a killed process left (a verb settles it too)
+        machine._recover_if_idle(rec)  # what a killed process left (a verb settles it too)
         return machine

@@ -76,9 +76,11 @@ def read_json(directory: Path, filename: str) -> dict[str, Any] | None:
         return None
 
 
-def process_of(directory: Path, rec: dict[str, Any]) -> psutil.Process | None:
-    """The live QEMU process of the run the record names, or None."""
-    run = read_json(directory, "run.json")
+def process_of(directory: Path, rec: dict[str, Any], run: dict[str, Any] | None = None) -> psutil.Process | None:
+    """The live QEMU process of the run the record names, or None; ``run``: the keeper's
+    ``run.json`` if the caller has just read it (else it is read here)."""
+    if run is None:
+        run = read_json(directory, "run.json")
     if not run or run.get("run_id") != rec.get("run_id"):
         return None
     try:

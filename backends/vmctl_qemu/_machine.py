@@ -173,11 +173,12 @@ class QemuMachine(Machine):
             with contextlib.suppress(psutil.Error):
                 proc.wait(timeout)
 
-    def _recover_if_idle(self) -> None:
+    def _recover_if_idle(self, rec: dict[str, Any] | None = None) -> None:
         """When a handle is opened: settle what a killed process left, unless a verb is running
-        (it settles them itself). Failures are left for the next verb to report."""
+        (it settles them itself). Failures are left for the next verb to report. ``rec``: the
+        record as just read by the opener."""
         try:
-            if has_leftovers(self):
+            if has_leftovers(self, rec):
                 with self._locked(timeout=0):
                     settle(self, 60)
         except (VmctlError, OSError) as exc:
@@ -239,21 +240,22 @@ class QemuMachine(Machine):
         return inside(self.dir, disk, "disk")
 
     # -- reading the state (never changes anything) ------------------------------------------
-    def _process(self, rec: dict[str, Any]) -> psutil.Process | None:
+    def _process(self, rec: dict[str, Any], run: dict[str, Any] | None = None) -> psutil.Process | None:
         """The live QEMU process of the recorded run, or None."""
-        return process_of(self.dir, rec)
+        return process_of(self.dir, rec, run)
 
     def _query_status(self, timeout: float = 5) -> str:
         with _qmp.session(self.dir / STATE_SOCKET, timeout) as s:
             status: str = s.execute("query-status", timeout=timeout)["status"]
             return status
 
-    def _held_state(self, rec: dict[str, Any]) -> dict[str, Any] | None:
-        return held_state(self.dir, rec)
+    def _held_state(self, rec: dict[str, Any], run: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        return held_state(self.dir, rec, run=run)
 
-    def _runstate_now(self, rec: dict[str, Any]) -> str:
-        """QEMU's run state: as the keeper holds it from QEMU's events, else asked over QMP."""
-        held = self._held_state(rec)
+    def _runstate_now(self, rec: dict[str, Any], run: dict[str, Any] | None = None) -> str:
+        """QEMU's run state: as the keeper holds it from QEMU's events, else asked over QMP;
+        ``run``: the keeper's run.json as just read."""
+        held = self._held_state(rec, run)
         if held is not None:
             return str(held["runstate"])
         return self._query_status()
@@ -283,19 +285,18 @@ class QemuMachine(Machine):
         return _RUNSTATES.get(runstate, State.UNKNOWN)
 
     def _get_state(self) -> State:
+        # run.json is read once: the QEMU process and the event-held run state of one reading
         rec = self._record()
-        proc = self._process(rec)
+        run = read_json(self.dir, RUN_RECORD)
+        proc = self._process(rec, run or {})
         if proc is None or rec.get("status") == "suspended":
             # a restore in progress, or the QEMU of an interrupted suspend or restore: the saved
-            # state is what counts
+            # state is what counts (a QEMU killed but not yet reaped, a zombie, counts as gone)
             return self._offline_state(rec)
         if rec.get("status") == "stopped" and not self._lock_busy():
             return State.STOPPED  # the QEMU of an interrupted poweroff: the next verb ends it
-        if not still_running(proc):
-            # killed, not yet reaped: the event-held state still says what it last did
-            return self._offline_state(rec)
         try:
-            runstate = self._runstate_now(rec)
+            runstate = self._runstate_now(rec, run)
         except (BackendError, OperationTimeout):
             if still_running(proc):
                 return State.UNKNOWN

@@ -11,6 +11,7 @@ state never does any of it.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -45,22 +46,24 @@ log = logging.getLogger("vmctl.qemu")
 MIGRATING = ("setup", "active", "device", "pre-switchover", "wait-unplug", "cancelling", "postcopy-active")
 
 
-def has_leftovers(vm: QemuMachine) -> bool:
-    """Cheap signs (no QMP) that a killed process left something for :func:`settle` to do."""
+def has_leftovers(vm: QemuMachine, rec: dict[str, Any] | None = None) -> bool:
+    """Cheap signs (no QMP) that a killed process left something for :func:`settle` to do;
+    ``rec``: the machine's record as the caller has just read it."""
     directory = vm.dir
-    if (directory / PARTIAL_STATE).exists() or any(directory.glob(f".{RECORD}.*.tmp")):
+    names = os.listdir(directory)  # one look at the directory for the three names below
+    if PARTIAL_STATE in names or any(fnmatch.fnmatchcase(n, f".{RECORD}.*.tmp") for n in names):
         return True
-    rec = vm._record()
+    if rec is None:
+        rec = vm._record()
     status = rec.get("status")
-    if rec.get("reboot_run") or (status != "suspended" and (directory / SAVED_STATE).exists()):
+    if rec.get("reboot_run") or (status != "suspended" and SAVED_STATE in names):
         return True
-    if process_of(directory, rec) is not None:
-        return status in ("suspended", "stopped")
-    if status != "running":
-        return False
-    run = read_json(directory, "run.json")
-    launched = bool(run and run.get("run_id") == rec.get("run_id"))
-    return not launched and exit_record(directory, rec.get("run_id"), grace=0) is None
+    if status == "running":
+        # a live QEMU of the run is a launched one: whether it lives changes nothing here
+        run = read_json(directory, "run.json")
+        launched = bool(run and run.get("run_id") == rec.get("run_id"))
+        return not launched and exit_record(directory, rec.get("run_id"), grace=0) is None
+    return status in ("suspended", "stopped") and process_of(directory, rec) is not None
 
 
 def settle(vm: QemuMachine, timeout: float = 300) -> State:

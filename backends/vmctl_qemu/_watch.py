@@ -94,12 +94,15 @@ def watching(directory: Path, names: frozenset[str]) -> Iterator[DirWatch]:
     yield DirWatch(inotify, wd, names)
 
 
-def held_state(directory: Path, rec: dict[str, Any], *, moving: bool = True) -> dict[str, Any] | None:
+def held_state(
+    directory: Path, rec: dict[str, Any], *, moving: bool = True, run: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The keeper's ``run.json`` of the recorded run if it holds the run state (the keeper
     lives, its monitor works, no verb found it lagging, and, unless ``moving`` is False, no verb
-    has moved the run state since the last event the keeper wrote), else None."""
+    has moved the run state since the last event the keeper wrote), else None. ``run``: that
+    file as the caller has just read it (else it is read here)."""
     run_id = rec.get("run_id")
-    held = read_json(directory, RUN_RECORD)
+    held = run if run is not None else read_json(directory, RUN_RECORD)
     if not held or held.get("run_id") != run_id or not isinstance(held.get("runstate"), str):
         return None
     if rec.get("events_lag") == run_id or not lock_held(directory / RUN_RECORD):
