@@ -370,3 +370,27 @@ def test_usage_all_measures_each_machine_as_usage_does(vm: vmctl.Machine, monkey
     finally:
         other.destroy()
         idle.destroy()
+
+
+def test_cpu_seconds_alone_asks_qemu_nothing(vm: vmctl.Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What vmctl-boinc polls every second for credit: the process tree's CPU time, no QMP
+    session for the disk counters that usage() reads."""
+    assert vm.cpu_seconds() is None  # no process yet
+    vm.start()
+    _wait_console(vm, "VMCTL-GUEST READY")
+    opened: list[Path] = []
+    original = qmp_module.session
+
+    def counting(socket_path: Path, timeout: float = 10) -> object:
+        opened.append(socket_path)
+        return original(socket_path, timeout)
+
+    monkeypatch.setattr(qmp_module, "session", counting)
+    first = vm.cpu_seconds()
+    assert opened == [], "cpu_seconds() opened a QMP session"
+    assert first is not None and first > 0
+    full = vm.usage().cpu_seconds
+    assert opened, "usage() no longer reads QEMU's disk counters: this test proves nothing"
+    assert full is not None and full >= first
+    vm.poweroff()
+    assert vm.cpu_seconds() is None

@@ -201,6 +201,11 @@ class Machine(ABC):
         """Resource usage now; a read, called outside the section, from any state."""
         return Usage(machine=self.name)
 
+    def _do_cpu_seconds(self) -> float | None:
+        """CPU time alone (see :meth:`cpu_seconds`); a read, from any state. By default the
+        ``cpu_seconds`` of :meth:`_do_usage`: override where it can be read for less."""
+        return self._do_usage().cpu_seconds
+
     def _do_disk_usage(self) -> DiskUsage:
         """Bytes the backend's files of this machine use on the host's storage (see
         :meth:`disk_usage`); a read, called outside the section, from any state. Only called
@@ -408,6 +413,13 @@ class Machine(ABC):
     def usage(self) -> Usage:
         """Resource usage now; fields the backend cannot measure are None."""
         return self._do_usage()
+
+    def cpu_seconds(self) -> float | None:
+        """The CPU time the machine's host processes have used, as :meth:`usage`'s
+        ``cpu_seconds`` (None without a process or where the backend cannot measure it), read
+        for as little as the backend can: for a caller that polls CPU time alone, such as
+        vmctl-boinc's credit (QEMU: no QMP round trip for disk counters)."""
+        return self._do_cpu_seconds()
 
     def disk_usage(self) -> DiskUsage:
         """Bytes that the files the backend keeps for this machine occupy now on the storage of

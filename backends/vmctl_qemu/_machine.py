@@ -78,7 +78,7 @@ from ._sequences import (
     snapshot_tag,
 )
 from ._throttle import THROTTLE_FILE, apply_cpu_limit, held
-from ._usage import machine_usage
+from ._usage import machine_cpu_seconds, machine_usage
 from ._watch import DirWatch, NotedMoves, announce_move, await_runstate, held_state, watching
 
 if TYPE_CHECKING:
@@ -552,6 +552,9 @@ class QemuMachine(Machine):
 
     def _do_usage(self) -> Usage:
         return machine_usage(self, self._record())
+
+    def _do_cpu_seconds(self) -> float | None:
+        return machine_cpu_seconds(self, self._record())
 
     @_typed_os_errors
     def _do_screenshot(self, timeout: float) -> bytes:

@@ -43,6 +43,14 @@ def machine_usage(vm: QemuMachine, rec: dict[str, Any], children: Mapping[int, l
     return usage_of_process(vm.name, proc.pid, disk_read_bytes=read, disk_write_bytes=write, children=children)
 
 
+def machine_cpu_seconds(vm: QemuMachine, rec: dict[str, Any]) -> float | None:
+    """CPU time of ``vm``'s process tree (record ``rec``), without QEMU's block statistics."""
+    proc = process_of(vm.dir, rec) if rec.get("status") != "suspended" else None
+    if proc is None:
+        return None
+    return usage_of_process(vm.name, proc.pid, disk_read_bytes=0, disk_write_bytes=0).cpu_seconds
+
+
 def _quiet_key(directory: Path, rec: dict[str, Any]) -> list[Any] | None:
     """[run id, time of the event that paused it] while the keeper holds the run as paused."""
     held = held_state(directory, rec)

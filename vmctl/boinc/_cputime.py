@@ -89,7 +89,6 @@ class CpuTime:
 
 def _usage_cpu(vm: vmctl.Machine) -> float | None:
     try:
-        usage = vm.usage()
+        return vm.cpu_seconds()
     except vmctl.VmctlError:
         return None
-    return usage.cpu_seconds
